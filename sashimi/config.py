@@ -1,0 +1,70 @@
+"""The model's configuration as data: what a checkpoint stores so it can rebuild the exact model."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+KERNELS = ("dplr", "s4d")
+S4D_INITS = ("inv", "lin")
+CAUCHY_BACKENDS = ("auto", "naive", "chunked", "keops")
+
+
+@dataclass(frozen=True)
+class SaShiMiConfig:
+    """Defaults are the paper's 8-layer model (YouTubeMix / Beethoven / SC09)."""
+
+    d_model: int = 64
+    n_layers: int = 8  # S4 blocks per tier, each followed by a feed-forward block when ff > 0
+    pool: tuple[int, ...] = (4, 4)
+    expand: int = 2  # channel growth per pooling stage
+    ff: int = 2  # feed-forward expansion; 0 disables the feed-forward blocks
+    d_state: int = 64  # N: SSM state size (N/2 complex modes are stored, conjugates implied)
+    dropout: float = 0.0
+    n_classes: int = 256
+    kernel: str = "dplr"  # "dplr" (S4, HiPPO-LegS NPLR) or "s4d" (diagonal)
+    s4d_init: str = "inv"
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+    glu: bool = True  # S4 block output: Linear(H, 2H) + GLU
+    unet: bool = True  # skip connections between tiers
+    cauchy_backend: str = "auto"
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise ValueError(f"model.kernel: {self.kernel!r} is not one of {KERNELS}")
+        if self.s4d_init not in S4D_INITS:
+            raise ValueError(f"model.s4d_init: {self.s4d_init!r} is not one of {S4D_INITS}")
+        if self.cauchy_backend not in CAUCHY_BACKENDS:
+            raise ValueError(f"model.cauchy_backend: {self.cauchy_backend!r} is not one of {CAUCHY_BACKENDS}")
+        for name in ("d_model", "n_layers", "expand", "d_state", "n_classes"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.d_state % 2:
+            raise ValueError(f"model.d_state must be even (conjugate pairs), got {self.d_state}")
+        if any(int(p) < 1 for p in self.pool):
+            raise ValueError(f"model.pool entries must be >= 1, got {self.pool}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        object.__setattr__(self, "pool", tuple(int(p) for p in self.pool))
+
+    @property
+    def total_pool(self) -> int:
+        out = 1
+        for p in self.pool:
+            out *= p
+        return out
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["pool"] = list(self.pool)
+        d.pop("extra")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SaShiMiConfig":
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"model: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
