@@ -1,0 +1,122 @@
+"""``sashimi-prep`` / ``python -m data_prep``: shard, mnist, inspect, verify, demo.
+
+Exit codes: 0 ok; 1 data problem (rejections under --strict, verify mismatches);
+2 usage or run-level error (missing folder, nothing usable, bad manifest).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .manifest import ManifestError
+from .presets import PRESETS
+from .shard import REJECTED_NAME, PrepError, shard_folder
+from .split import parse_fractions
+
+
+def _fractions(text: str):
+    try:
+        return parse_fractions(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sashimi-prep", description="Turn folders of audio (or MNIST) into WebDataset shards.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("shard", help="shard a folder of audio files")
+    s.add_argument("src_dir")
+    s.add_argument("out_dir")
+    s.add_argument("--preset", choices=sorted(PRESETS), default="generic")
+    s.add_argument("--sample-rate", type=int, default=None, help="target rate in Hz (default 16000)")
+    s.add_argument("--clip-seconds", type=float, default=None, help="clip length (preset default; generic 8)")
+    s.add_argument("--hop-seconds", type=float, default=None, help="clip hop (default = clip length)")
+    s.add_argument("--split", type=_fractions, default=None, help="train,val,test fractions of files, e.g. 0.88,0.06,0.06")
+    last = s.add_mutually_exclusive_group()
+    last.add_argument("--pad-last", dest="pad_last", action="store_true", default=None, help="pad the last partial clip")
+    last.add_argument("--drop-last", dest="pad_last", action="store_false", help="drop the last partial clip")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shard-max-mb", type=float, default=256)
+    s.add_argument("--workers", type=int, default=None, help="decode processes (default: CPU count)")
+    s.add_argument("--strict", action="store_true", help="exit 1 if any file was rejected")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    m = sub.add_parser("mnist", help="shard the MNIST IDX files as 784-step pixel sequences")
+    m.add_argument("idx_dir")
+    m.add_argument("out_dir")
+    m.add_argument("--val-count", type=int, default=5000)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--shard-max-mb", type=float, default=256)
+    m.add_argument("--quiet", action="store_true")
+
+    i = sub.add_parser("inspect", help="summarise a sharded dataset")
+    i.add_argument("out_dir")
+
+    v = sub.add_parser("verify", help="decode every sample and check counts and checksums")
+    v.add_argument("out_dir")
+    v.add_argument("--quiet", action="store_true")
+
+    d = sub.add_parser("demo", help="synthesise a small demo audio corpus (wav/flac files)")
+    d.add_argument("out_dir")
+    d.add_argument("--minutes", type=float, default=3.0)
+    d.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (PrepError, ManifestError, FileNotFoundError, ValueError) as e:
+        print(f"sashimi-prep: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    if args.cmd == "shard":
+        m = shard_folder(
+            args.src_dir, args.out_dir, args.preset, sample_rate=args.sample_rate, clip_seconds=args.clip_seconds,
+            hop_seconds=args.hop_seconds, split=args.split, pad_last=args.pad_last, seed=args.seed,
+            shard_max_mb=args.shard_max_mb, workers=args.workers, progress=not args.quiet,
+        )
+        sp = m["splits"]
+        print("wrote " + ", ".join(f"{s}: {sp[s]['clips']} clips / {len(sp[s]['shards'])} shards" for s in sp) + f" -> {args.out_dir}")
+        if m["rejected"]:
+            print(f"{len(m['rejected'])} file(s) rejected; see {args.out_dir}/{REJECTED_NAME}", file=sys.stderr)
+            if args.strict:
+                return 1
+        return 0
+    if args.cmd == "mnist":
+        from .mnist import shard_mnist
+
+        m = shard_mnist(args.idx_dir, args.out_dir, val_count=args.val_count, seed=args.seed, shard_max_mb=args.shard_max_mb, progress=not args.quiet)
+        print("wrote " + ", ".join(f"{s}: {v['clips']} samples" for s, v in m["splits"].items()) + f" -> {args.out_dir}")
+        return 0
+    if args.cmd == "inspect":
+        from .summary import summarize
+
+        print(summarize(args.out_dir))
+        return 0
+    if args.cmd == "verify":
+        from .verify import verify_dataset
+
+        problems = verify_dataset(args.out_dir, progress=not args.quiet)
+        for p in problems:
+            print(f"FAIL {p}")
+        if problems:
+            print(f"verify: {len(problems)} problem(s) in {args.out_dir}", file=sys.stderr)
+            return 1
+        print(f"verify: OK ({args.out_dir})")
+        return 0
+    if args.cmd == "demo":
+        from .demo import make_demo_corpus
+
+        paths = make_demo_corpus(args.out_dir, minutes=args.minutes, seed=args.seed)
+        print(f"wrote {len(paths)} demo audio files ({args.minutes:g} min) under {args.out_dir}")
+        return 0
+    raise AssertionError(args.cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Per-file work run in pool processes: decode, downmix, resample, cut, encode.
+
+Top-level functions and plain-data tasks so they work under the ``spawn`` start method.
+Workers return encoded bytes (smaller to ship back than float arrays); the parent only writes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .audio_io import WORKER_ENV, BadAudio, load_mono
+from .clips import clip_spans, cut
+from .schema import encode_audio_sample
+
+
+@dataclass(frozen=True)
+class FileTask:
+    path: str  # absolute path to read
+    relpath: str  # path relative to SRC_DIR, recorded in meta/manifest
+    key_prefix: str  # dot-free unique prefix, e.g. "f000012"
+    split: str
+    sample_rate: int
+    clip_samples: int
+    hop_samples: int
+    pad_last: bool
+    one_clip_per_file: bool
+    label: int | None
+
+
+@dataclass
+class FileResult:
+    relpath: str
+    split: str
+    samples: list  # encoded sample dicts
+    seconds: float  # valid (unpadded) seconds sharded
+    reason: str | None = None  # set when the file is rejected
+    info: dict | None = None
+
+
+def init_worker() -> None:
+    """Pool initializer: one torch/OpenMP thread per worker process."""
+    os.environ[WORKER_ENV] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def process_file(task: FileTask) -> FileResult:
+    try:
+        return _process(task)
+    except BadAudio as e:
+        return FileResult(task.relpath, task.split, [], 0.0, reason=str(e))
+    except MemoryError:
+        return FileResult(task.relpath, task.split, [], 0.0, reason="out of memory decoding file")
+    except Exception as e:  # never let one file kill the run; report it instead
+        return FileResult(task.relpath, task.split, [], 0.0, reason=f"unexpected error: {type(e).__name__}: {e}")
+
+
+def _process(t: FileTask) -> FileResult:
+    audio, info = load_mono(t.path, t.sample_rate)
+    n = len(audio)
+    if t.one_clip_per_file:
+        spans = [(0, min(n, t.clip_samples))]
+    else:
+        spans = clip_spans(n, t.clip_samples, t.hop_samples, t.pad_last)
+    if not spans:
+        raise BadAudio(
+            f"too short: {n / t.sample_rate:.3f} s after resampling < one {t.clip_samples / t.sample_rate:g} s clip "
+            "(this preset drops partial clips)"
+        )
+    samples, valid = [], 0
+    for i, (start, length) in enumerate(spans):
+        meta = {"source": t.relpath, "clip": i, "start": start, "split": t.split}
+        if t.label is not None:
+            meta["label"] = t.label
+        clip = cut(audio, start, length, t.clip_samples)
+        samples.append(encode_audio_sample(f"{t.key_prefix}-{i:05d}", clip, length, t.sample_rate, meta))
+        valid += length
+    return FileResult(t.relpath, t.split, samples, valid / t.sample_rate, info=info)
