@@ -1,0 +1,213 @@
+"""Typed schema of a training job. Validation happens here, on the driver, before any Ray
+resource is requested, so a typo costs a second instead of a cluster allocation."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+class JobConfigError(ValueError):
+    """A job spec is invalid; the message names the file and the dotted key."""
+
+
+@dataclass
+class DataConfig:
+    shards: str = "data/shards"  # data_prep output dir: manifest.json + <split>/shard-*.tar
+    train_split: str = "train"
+    val_split: str = "val"
+    quantization: Literal["mu-law", "linear", "none"] = "mu-law"  # "none": tokens are the values (pixels)
+    crop: Optional[int] = 16000  # samples per training example; null = whole (equal-length) examples
+    loader_workers: int = 0  # DataLoader processes per Ray worker (0 = in the training process)
+    shuffle_buffer: int = 64  # samples buffered for shuffling within a rank's stream
+    demo_minutes: Optional[float] = None  # if set and the shards are missing, build the demo corpus there
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 4e-3
+    weight_decay: float = 0.0
+    ssm_lr: float = 1e-3  # A, B, dt of the SSM, never weight-decayed
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["plateau", "cosine", "constant"] = "plateau"
+    warmup_steps: int = 0
+    factor: float = 0.2  # plateau: multiply the lr by this when val NLL stalls
+    patience: int = 2  # plateau: evaluations without improvement before reducing
+    threshold: float = 1e-4  # plateau: relative improvement that counts
+    min_lr_scale: float = 0.0  # floor for the schedule's multiplier (cosine end / plateau floor)
+
+
+@dataclass
+class TrainingConfig:
+    max_steps: int = 1000  # optimiser steps
+    batch_per_worker: int = 1
+    grad_accum: int = 1  # micro-batches per optimiser step
+    clip_norm: Optional[float] = 1.0  # null = no clipping
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is used only on GPU
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 1
+    use_gpu: bool = False
+    resources_per_worker: dict = field(default_factory=lambda: {"CPU": 1})
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    torch_threads: Optional[int] = None  # null = the CPUs reserved per worker
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # optimiser steps between checkpoints (and data-stream segments)
+    keep: int = 3
+    storage: str = "runs"  # local dir (made absolute) or a URI Ray understands
+
+
+@dataclass
+class FailureConfig:
+    max_failures: int = 3  # worker-group restarts from the last checkpoint; -1 = forever
+
+
+@dataclass
+class EvalConfig:
+    every: int = 500
+    val_batches: int = 8
+    val_batch_size: int = 1
+    generate_samples: int = 16000  # length of the audio clip logged each evaluation; 0 = none
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 10
+
+
+@dataclass
+class JobConfig:
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict = field(default_factory=dict)  # SaShiMiConfig.from_dict checks the keys
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    failure: FailureConfig = field(default_factory=FailureConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Range checks: dotted key -> (predicate, description).
+_CHECKS = {
+    "training.max_steps": (lambda v: v >= 1, ">= 1"),
+    "training.batch_per_worker": (lambda v: v >= 1, ">= 1"),
+    "training.grad_accum": (lambda v: v >= 1, ">= 1"),
+    "training.clip_norm": (lambda v: v is None or v > 0, "> 0 or null"),
+    "data.crop": (lambda v: v is None or v >= 2, ">= 2 or null"),
+    "data.loader_workers": (lambda v: v >= 0, ">= 0"),
+    "data.shuffle_buffer": (lambda v: v >= 1, ">= 1"),
+    "data.demo_minutes": (lambda v: v is None or v > 0, "> 0 or null"),
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.ssm_lr": (lambda v: v > 0, "> 0"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "schedule.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "schedule.factor": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "schedule.patience": (lambda v: v >= 0, ">= 0"),
+    "schedule.min_lr_scale": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "scaling.num_workers": (lambda v: v >= 1, ">= 1"),
+    "scaling.torch_threads": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "checkpoint.every": (lambda v: v >= 1, ">= 1"),
+    "checkpoint.keep": (lambda v: v >= 1, ">= 1"),
+    "failure.max_failures": (lambda v: v >= -1, ">= -1"),
+    "eval.every": (lambda v: v >= 1, ">= 1"),
+    "eval.val_batches": (lambda v: v >= 0, ">= 0"),
+    "eval.val_batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.generate_samples": (lambda v: v >= 0, ">= 0"),
+    "logging.every": (lambda v: v >= 1, ">= 1"),
+    "name": (lambda v: bool(v) and "/" not in v and not v.startswith("."), "a non-empty name without '/'"),
+}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str, where: str):
+    """Check `value` against annotation `tp`; ints are accepted for floats. Raises JobConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, where)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise JobConfigError(f"{where}: {key}: {value!r} is not one of {list(allowed)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, where)
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif tp is dict:
+        ok = isinstance(value, dict)
+    else:  # pragma: no cover - schema uses only the types above
+        raise TypeError(f"unsupported annotation {tp}")
+    if not ok:
+        raise JobConfigError(f"{where}: {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, raw: Any, prefix: str, where: str):
+    if not isinstance(raw, dict):
+        raise JobConfigError(f"{where}: {prefix or 'top level'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        keys = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in unknown)
+        raise JobConfigError(f"{where}: unknown key(s) {keys}; allowed here: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise JobConfigError(f"{where}: missing required key {key}")
+            continue
+        kwargs[name] = _coerce(raw[name], hints[name], key, where)
+        if key in _CHECKS and not _CHECKS[key][0](kwargs[name]):
+            raise JobConfigError(f"{where}: {key}: must be {_CHECKS[key][1]}, got {kwargs[name]!r}")
+    return cls(**kwargs)
+
+
+def job_from_dict(raw: Any, where: str = "<job>") -> JobConfig:
+    """Validate a parsed YAML mapping into a JobConfig; `where` (the file) is named in every error."""
+    job = _build(JobConfig, raw, "", where)
+    try:  # the model section is owned by sashimi; it names the bad key itself
+        from sashimi.config import SaShiMiConfig
+
+        SaShiMiConfig.from_dict(job.model)
+    except (ValueError, TypeError) as e:
+        msg = str(e) if "model" in str(e) else f"model: {e}"
+        raise JobConfigError(f"{where}: {msg}") from e
+    if job.scaling.use_gpu is False and job.scaling.resources_per_worker.get("GPU"):
+        raise JobConfigError(f"{where}: scaling.resources_per_worker: asks for GPU but scaling.use_gpu is false")
+    for k, v in job.scaling.resources_per_worker.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise JobConfigError(f"{where}: scaling.resources_per_worker.{k}: expected a number >= 0, got {v!r}")
+    return job

@@ -1,0 +1,129 @@
+"""Driver side: validate the job, prepare data if the job asks for the demo corpus, connect to Ray
+(the cluster in RAY_ADDRESS, as under `ray job submit`, or a new loopback-only local one), and run
+Ray Train V2's TorchTrainer with the job's scaling, storage, checkpoint and failure settings."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import JobConfig, JobConfigError
+from .jobs import is_uri, resolve_paths, shard_lists
+
+FORWARD_ENV_PREFIXES = ("SASHIMI_",)  # test hooks and user knobs reach workers of a local cluster
+
+
+@dataclass
+class RunInfo:
+    run_dir: str
+    tensorboard_dir: str
+    checkpoint_dir: str | None
+    metrics: dict
+    seconds: float
+
+
+def ensure_demo_data(job: JobConfig, log=print) -> None:
+    """If data.demo_minutes is set and the shard dir has no manifest, synthesise and shard the demo corpus."""
+    from data_prep.manifest import manifest_path
+
+    if job.data.demo_minutes is None or is_uri(job.data.shards) or manifest_path(job.data.shards).is_file():
+        return
+    from data_prep.demo import make_demo_corpus
+    from data_prep.shard import shard_folder
+
+    shards = Path(job.data.shards)
+    src = shards.parent / (shards.name + "-src")
+    log(f"[sashimi] building the demo corpus ({job.data.demo_minutes} min) in {src}")
+    make_demo_corpus(src, minutes=job.data.demo_minutes, seed=job.seed)
+    clip = max(1.0, (job.data.crop or 16000) / 16000)
+    log(f"[sashimi] sharding it into {shards}")
+    shard_folder(src, shards, "generic", sample_rate=16000, clip_seconds=clip, seed=job.seed, progress=False)
+
+
+def prepare(job: JobConfig, where: str, fresh: bool = False, log=print) -> dict:
+    """Everything before Ray: absolute paths, data, shard lists, --fresh. Returns the worker config."""
+    from data_prep.manifest import load_manifest
+
+    resolve_paths(job)
+    ensure_demo_data(job, log)
+    shards = shard_lists(job, where)
+    sample_rate = load_manifest(job.data.shards).get("sample_rate")
+    run_dir = run_dir_of(job)
+    if fresh:
+        if is_uri(run_dir):
+            raise JobConfigError(f"{where}: --fresh cannot delete remote storage {run_dir}; change `name`")
+        if Path(run_dir).exists():
+            log(f"[sashimi] --fresh: deleting {run_dir}")
+            shutil.rmtree(run_dir)
+    return {"job": job.to_dict(), "shards": shards, "sample_rate": sample_rate}
+
+
+def run_dir_of(job: JobConfig) -> str:
+    return f"{job.checkpoint.storage.rstrip('/')}/{job.name}"
+
+
+def connect_ray(num_cpus: int | None = None) -> bool:
+    """Join RAY_ADDRESS's cluster if set, else start a local one bound to 127.0.0.1. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return False
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env} if env else None,
+             configure_logging=False)
+    return True
+
+
+def build_trainer(job: JobConfig, worker_cfg: dict):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .train_loop import train_fn
+
+    resources = dict(job.scaling.resources_per_worker)
+    if job.scaling.use_gpu:
+        resources.setdefault("GPU", 1)
+    return TorchTrainer(
+        train_fn,
+        train_loop_config=worker_cfg,
+        torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
+                                     resources_per_worker=resources,
+                                     placement_strategy=job.scaling.placement_strategy),
+        run_config=RunConfig(
+            name=job.name,
+            storage_path=job.checkpoint.storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=job.failure.max_failures),
+        ),
+    )
+
+
+def run(job: JobConfig, where: str = "<job>", fresh: bool = False, num_cpus: int | None = None,
+        log=print) -> RunInfo:
+    """Train `job` to completion (resuming its run dir if one exists). Raises on failure."""
+    t0 = time.time()
+    worker_cfg = prepare(job, where, fresh, log)
+    started = connect_ray(num_cpus)
+    try:
+        log(f"[sashimi] submitting {job.name}: {job.scaling.num_workers} worker(s), run dir {run_dir_of(job)} "
+            f"(submitted at unix time {time.time():.3f})")
+        result = build_trainer(job, worker_cfg).fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    ckpt = result.checkpoint.path if result.checkpoint is not None else None
+    info = RunInfo(run_dir=run_dir_of(job), tensorboard_dir=f"{run_dir_of(job)}/tensorboard",
+                   checkpoint_dir=ckpt, metrics=dict(result.metrics or {}), seconds=time.time() - t0)
+    log(f"[sashimi] done in {info.seconds:.0f} s; latest checkpoint: {ckpt}")
+    log(f"[sashimi] TensorBoard: tensorboard --logdir {info.run_dir} --host 127.0.0.1")
+    sys.stdout.flush()
+    return info

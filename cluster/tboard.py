@@ -1,0 +1,69 @@
+"""Rank-0 TensorBoard logging (Ray Train V2 has no logger callbacks: the train loop writes events).
+Besides scalars, every evaluation logs a short generated clip and its spectrogram, so a run can be
+judged by ear and eye while it trains."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class Board:
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None, sample_rate: int | None = None,
+                 quantization: str = "mu-law"):
+        from torch.utils.tensorboard import SummaryWriter
+
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        # purge_step drops events a crashed attempt wrote after the checkpoint we resumed from
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step or None)
+        self.sample_rate = sample_rate or 16000
+        self.quantization = quantization
+
+    def scalars(self, values: dict, step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, float(v), step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.writer.add_text(tag, text, step)
+
+    @torch.no_grad()
+    def generated(self, model, n_samples: int, step: int, seed: int) -> torch.Tensor:
+        """Sample `n_samples` tokens; log audio + spectrogram (or a digit image for pixels)."""
+        from sashimi.generate import generate
+
+        was_training = model.training
+        model.eval()
+        tokens = generate(model, n_samples, batch=1, seed=seed)[0].cpu()
+        model.train(was_training)
+        if self.quantization == "none":  # pixels: show as a square-ish image
+            side = int(round(n_samples ** 0.5))
+            if side * side == n_samples:
+                self.writer.add_image("generated/image", tokens.reshape(1, side, side).float() / 255, step)
+            return tokens
+        wave = decode_tokens(tokens, self.quantization)
+        self.writer.add_audio("generated/audio", wave.unsqueeze(0), step, sample_rate=self.sample_rate)
+        self.writer.add_image("generated/spectrogram", spectrogram_image(wave), step, dataformats="HW")
+        return tokens
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def decode_tokens(tokens: torch.Tensor, quantization: str) -> torch.Tensor:
+    from sashimi.quantize import dequantize
+
+    return dequantize(tokens, quantization).clamp(-1, 1)
+
+
+def spectrogram_image(wave: torch.Tensor, n_fft: int = 256) -> torch.Tensor:
+    """Log-power spectrogram scaled to [0, 1], low frequencies at the bottom (HW)."""
+    import torchaudio
+
+    spec = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=n_fft // 4)(wave.float())
+    db = 10 * torch.log10(spec.clamp_min(1e-10))
+    db = db.clamp_min(db.max() - 80)
+    img = (db - db.min()) / (db.max() - db.min()).clamp_min(1e-6)
+    return img.flip(0)

@@ -1,0 +1,242 @@
+"""The function every Ray Train worker runs: DDP training of SaShiMi on its own shard stream,
+periodic validation and checkpoints, TensorBoard on rank 0.
+
+Collective discipline (a mismatch deadlocks DDP): every rank runs the same number of steps
+(fixed-size segments), calls `ray.train.report` at the same steps (checkpoint steps), and joins the
+same two collectives at evaluation steps (broadcast of val NLL) and checkpoint steps (gather of RNG
+states). Validation and generation themselves run on rank 0 only, on the unwrapped module.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FAULT_ENV = "SASHIMI_FAULT_AT_STEP"  # test-only: raise on one rank at this step, once
+FAULT_MARKER_ENV = "SASHIMI_FAULT_MARKER"  # file created when the fault fires; present = already fired
+FAULT_RANK_ENV = "SASHIMI_FAULT_RANK"
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _maybe_inject_fault(step: int, rank: int) -> None:
+    at = os.environ.get(FAULT_ENV)
+    if not at or step != int(at) or rank != int(os.environ.get(FAULT_RANK_ENV, "0")):
+        return
+    marker = Path(os.environ.get(FAULT_MARKER_ENV, "/nonexistent-dir/sashimi-fault"))
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # first attempt only
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise RuntimeError(f"injected fault at step {step} on rank {rank} ({FAULT_ENV})")
+
+
+def _memory_metrics(device) -> dict:
+    import psutil
+
+    out = {"memory/rss_mb": psutil.Process().memory_info().rss / 2**20}
+    if device.type == "cuda":
+        out["memory/cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, batches, device, autocast) -> float:
+    """Mean val NLL in bits over all valid positions of `batches` (exact pooled average)."""
+    from sashimi.metrics import nll_bits_sum, shift_inputs
+    from sashimi.quantize import zero_class
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for tokens, mask in batches:
+        tokens, mask = tokens.to(device), mask.to(device)
+        with autocast():
+            logits = model(shift_inputs(tokens, zero_class()))
+        bits, n = nll_bits_sum(logits, tokens, mask)
+        total += bits
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def train_fn(cfg: dict) -> None:
+    """Ray Train worker entry point. cfg: {"job": JobConfig dict, "shards": {"train": [...], "val": [...]},
+    "sample_rate": int | None}."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    from sashimi import SaShiMi
+    from sashimi.config import SaShiMiConfig
+    from sashimi.metrics import nll_bits, shift_inputs
+    from sashimi.optim import make_optimizer
+    from sashimi.quantize import zero_class
+
+    from . import checkpoint as ckpt_io
+    from .config import job_from_dict
+    from .data import mix_seed, train_loader, val_batches
+    from .schedule import LRSchedule
+
+    job = job_from_dict(cfg["job"], "<job from driver>")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    threads = job.scaling.torch_threads or max(1, int(job.scaling.resources_per_worker.get("CPU", 1)))
+    torch.set_num_threads(threads)
+    device = ray.train.torch.get_device()
+    use_bf16 = job.training.precision == "bf16" and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    if rank == 0 and job.training.precision == "bf16" and not use_bf16:
+        print("[sashimi] precision bf16 requested without a GPU: training in fp32", flush=True)
+
+    _seed_all(job.seed)  # same init on every rank (DDP also broadcasts rank 0's parameters)
+    raw_model = SaShiMi(SaShiMiConfig.from_dict(job.model))
+    model = ray.train.torch.prepare_model(raw_model)  # moves to device; DDP when world > 1
+    optimizer = make_optimizer(raw_model, lr=job.optim.lr, weight_decay=job.optim.weight_decay,
+                               ssm_lr=job.optim.ssm_lr)
+    s = job.schedule
+    sched = LRSchedule(optimizer, s.kind, job.training.max_steps, s.warmup_steps, s.factor, s.patience,
+                       s.threshold, s.min_lr_scale)
+
+    step = 0
+    restored_rng = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = ckpt_io.load_state(d, map_location="cpu")  # RNG states must stay CPU tensors
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = state["step"]
+        per_rank = state["rng"].get("per_rank")
+        if per_rank is not None and len(per_rank) == world:
+            restored_rng = per_rank[rank]
+        if rank == 0:
+            print(f"[sashimi] resumed from checkpoint at step {step}", flush=True)
+    if restored_rng is not None:
+        ckpt_io.restore_rng(restored_rng)
+    else:  # fresh start, or a different world size: RNG is a pure function of (seed, rank, step)
+        _seed_all(mix_seed(job.seed, rank, step, 17))
+
+    writer = None
+    if rank == 0:
+        from .tboard import Board
+
+        writer = Board(Path(job.checkpoint.storage) / job.name / "tensorboard", purge_step=step,
+                       sample_rate=cfg.get("sample_rate"), quantization=job.data.quantization)
+        if step == 0:
+            writer.text("job", "```\n" + __import__("yaml").safe_dump(job.to_dict(), sort_keys=False) + "\n```", 0)
+
+    val = None
+    bs, accum, every = job.training.batch_per_worker, job.training.grad_accum, job.checkpoint.every
+    params = [p for p in raw_model.parameters() if p.requires_grad]
+    clip = job.training.clip_norm if job.training.clip_norm is not None else float("inf")
+    t_first = None
+    window = {"time": 0.0, "data": 0.0, "steps": 0, "loss": 0.0}
+    model.train()
+
+    while step < job.training.max_steps:
+        seg_end = min((step // every + 1) * every, job.training.max_steps)
+        loader = train_loader(cfg["shards"]["train"], seed=job.seed, rank=rank, start_step=step,
+                              n_batches=(seg_end - step) * accum, batch_size=bs, crop=job.data.crop,
+                              quantization=job.data.quantization, shuffle_buffer=job.data.shuffle_buffer,
+                              loader_workers=job.data.loader_workers)
+        batches = iter(loader)
+        while step < seg_end:
+            t0 = time.perf_counter()
+            sched.apply(step)
+            data_wait, loss_sum = 0.0, 0.0
+            for micro in range(accum):
+                td = time.perf_counter()
+                tokens, mask = next(batches)
+                tokens, mask = tokens.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+                data_wait += time.perf_counter() - td
+                sync = micro == accum - 1 or not hasattr(model, "no_sync")
+                with (contextlib.nullcontext() if sync else model.no_sync()):
+                    with autocast():
+                        logits = model(shift_inputs(tokens, zero_class()))
+                    loss = nll_bits(logits, tokens, mask)
+                    (loss / accum).backward()
+                loss_sum += float(loss.detach())
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            _maybe_inject_fault(step + 1, rank)
+            step += 1
+            dt = time.perf_counter() - t0
+            if t_first is None:
+                t_first = time.time()
+                if rank == 0:
+                    print(f"[sashimi] first step done at unix time {t_first:.3f}", flush=True)
+            window["time"] += dt
+            window["data"] += data_wait
+            window["steps"] += 1
+            window["loss"] += loss_sum / accum
+
+            if rank == 0 and (step % job.logging.every == 0 or step == job.training.max_steps):
+                n = window["steps"]
+                sps = n * bs * accum * world / max(window["time"], 1e-9)
+                scalars = {"train/loss_bits": window["loss"] / n, "train/lr": optimizer.param_groups[0]["lr"],
+                           "train/grad_norm": grad_norm, "perf/samples_per_s": sps,
+                           "perf/step_time_s": window["time"] / n, "perf/data_wait_s": window["data"] / n,
+                           **_memory_metrics(device)}
+                writer.scalars(scalars, step)
+                print(f"[sashimi] step {step}/{job.training.max_steps} loss {scalars['train/loss_bits']:.4f} bits "
+                      f"lr {scalars['train/lr']:.2e} gnorm {grad_norm:.3f} {sps:.1f} samples/s "
+                      f"data wait {1000 * window['data'] / n:.1f} ms/step", flush=True)
+                window = {"time": 0.0, "data": 0.0, "steps": 0, "loss": 0.0}
+
+            metrics = {"step": step}
+            if job.eval.val_batches and (step % job.eval.every == 0 or step == job.training.max_steps):
+                val_nll = torch.zeros((), dtype=torch.float64, device=device)
+                if rank == 0:
+                    if val is None:
+                        val = val_batches(cfg["shards"]["val"], n_batches=job.eval.val_batches,
+                                          batch_size=job.eval.val_batch_size, crop=job.data.crop,
+                                          quantization=job.data.quantization, seed=job.seed)
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        val_nll.fill_(evaluate(raw_model, val, device, autocast))
+                        writer.scalars({"val/nll_bits": float(val_nll)}, step)
+                        print(f"[sashimi] step {step} val NLL {float(val_nll):.4f} bits", flush=True)
+                        if job.eval.generate_samples:
+                            writer.generated(raw_model, job.eval.generate_samples, step, seed=mix_seed(job.seed, step))
+                if world > 1:
+                    torch.distributed.broadcast(val_nll, src=0)
+                metrics["val_nll_bits"] = float(val_nll)
+                if sched.observe(float(val_nll)) and rank == 0:
+                    print(f"[sashimi] val NLL plateaued: lr scale now {sched.plateau_scale:g}", flush=True)
+
+            if step % every == 0 or step == job.training.max_steps:
+                rng = ckpt_io.capture_rng()
+                per_rank = [None] * world
+                if world > 1:
+                    torch.distributed.all_gather_object(per_rank, rng)
+                else:
+                    per_rank = [rng]
+                if rank == 0:
+                    state = ckpt_io.make_state(
+                        model_state=raw_model.state_dict(), optimizer_state=optimizer.state_dict(),
+                        scheduler_state=sched.state_dict(), step=step, data_seed=job.seed, world_size=world,
+                        job=job.to_dict(), metrics={k: v for k, v in metrics.items() if k != "step"})
+                    state["rng"]["per_rank"] = per_rank
+                    with tempfile.TemporaryDirectory() as tmp:
+                        ckpt_io.save_checkpoint_dir(tmp, state)
+                        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
+                                         checkpoint_dir_name=ckpt_io.checkpoint_dir_name(step))
+                    writer.flush()
+                else:
+                    ray.train.report(metrics, checkpoint=None)
+        del batches, loader
+    if writer is not None:
+        writer.close()
