@@ -5,6 +5,7 @@ torch/torchaudio are imported only when a file actually needs resampling.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -25,10 +26,19 @@ def _torch():
     return torch
 
 
+# torchaudio builds a (target/g) x (orig/g) sinc kernel (g = gcd): fine for 44100->16000
+# (160 x 441) but gigabytes for a rate like 44101 Hz.  Above this many kernel elements we
+# resample by FFT instead (exact band-limiting, treats the file as periodic at its ends).
+MAX_SINC_KERNEL = 4_000_000
+
+
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited resampling (torchaudio's windowed sinc) of a 1-D float32 signal."""
+    """Band-limited resampling of a 1-D float32 signal (torchaudio windowed sinc)."""
     if orig_sr == target_sr:
         return audio
+    g = math.gcd(int(orig_sr), int(target_sr))
+    if (orig_sr // g) * (target_sr // g) > MAX_SINC_KERNEL:
+        return fft_resample(audio, orig_sr, target_sr)
     torch = _torch()
     import torchaudio.functional as AF
 
@@ -36,8 +46,25 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return out.numpy()
 
 
+def fft_resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample by truncating/zero-padding the spectrum (for awkward rate ratios)."""
+    n = len(audio)
+    m = max(1, int(round(n * target_sr / orig_sr)))
+    spec = np.fft.rfft(audio.astype(np.float64))
+    keep = min(len(spec), m // 2 + 1)
+    out_spec = np.zeros(m // 2 + 1, dtype=np.complex128)
+    out_spec[:keep] = spec[:keep]
+    if m % 2 == 0 and keep == m // 2 + 1 and m < n:
+        out_spec[-1] = out_spec[-1].real  # Nyquist bin of a real signal is real
+    return (np.fft.irfft(out_spec, m) * (m / n)).astype(np.float32)
+
+
 def load_mono(path: str, target_sr: int) -> tuple[np.ndarray, dict]:
     """Return (mono float32 audio at ``target_sr``, info dict with source rate/channels/frames)."""
+    try:
+        open(path, "rb").close()  # libsndfile reports a missing/unreadable file as "System error"
+    except OSError as e:
+        raise BadAudio(f"unreadable: {e.strerror or e}") from None
     try:
         with sf.SoundFile(path) as f:
             sr, channels = f.samplerate, f.channels

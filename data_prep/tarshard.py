@@ -69,7 +69,7 @@ class AtomicShardWriter:
         self._file = _HashingFile(self._path.with_name(self._path.name + TMP_SUFFIX))
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self._count = 0
-        self._est = 1024  # end-of-archive blocks
+        self._est = 1024 + tarfile.RECORDSIZE  # end-of-archive blocks + worst-case record padding
 
     def _finish(self) -> None:
         self._tar.close()
