@@ -1,0 +1,205 @@
+"""SSM convolution kernels and their recurrent (step) parameters.
+
+DPLRKernel (S4): A = Λ - P P* (HiPPO-LegS in its NPLR basis), bilinear discretisation.
+S4DKernel: diagonal A, zero-order hold. Both store N/2 complex modes; conjugates are implied.
+
+Both expose ``forward(L) -> K (H, L)`` and ``step_params() -> dict``. Nothing here caches
+state tied to a sequence length: the DPLR kernel's C̃ = C(I - dA^l_max) is defined at the
+fixed, configured ``l_max`` (part of the model config, so a checkpoint restores it exactly);
+other lengths are derived from the parameters on every call.
+
+Parameters are real tensors (complex ones as (..., 2) views) so DDP, AdamW and autocast
+treat them uniformly; the SSM's Λ, P, B and log Δ are tagged for their own optimiser group.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import hippo
+from .cauchy import cauchy
+from .optim import SSM_ATTR
+
+
+def _param(t: torch.Tensor, ssm: bool) -> nn.Parameter:
+    p = nn.Parameter(torch.view_as_real(t.to(torch.complex64)).clone() if t.is_complex() else t.float().clone())
+    if ssm:
+        setattr(p, SSM_ATTR, True)
+    return p
+
+
+def _log_dt(H: int, dt_min: float, dt_max: float) -> torch.Tensor:
+    """Δ drawn log-uniformly in [dt_min, dt_max] per channel (the seed drew it uniformly)."""
+    return torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+
+
+class _SSMKernel(nn.Module):
+    """Shared storage: Λ with Re Λ = -exp(·) < 0 (always stable), C per channel, log Δ per channel."""
+
+    def __init__(self, H: int, N: int, Lambda: torch.Tensor, n_ssm: int, dt_min: float, dt_max: float):
+        super().__init__()
+        self.H, self.N2, self.n_ssm = H, N // 2, n_ssm
+        if H % n_ssm:
+            raise ValueError(f"channels ({H}) must be a multiple of n_ssm ({n_ssm})")
+        Lambda = Lambda.expand(n_ssm, -1)
+        self.log_neg_re = _param(torch.log(-Lambda.real), ssm=True)
+        self.im = _param(Lambda.imag, ssm=True)
+        self.log_dt = _param(_log_dt(H, dt_min, dt_max), ssm=True)
+        # C (or C̃) ~ complex normal with unit variance.
+        self.C = _param(torch.randn(H, self.N2, dtype=torch.complex64) * math.sqrt(0.5), ssm=False)
+
+    def _per_channel(self, t: torch.Tensor) -> torch.Tensor:
+        """(n_ssm, N2) -> (H, N2): each SSM copy serves a contiguous group of channels."""
+        return t.repeat_interleave(self.H // self.n_ssm, dim=0)
+
+    def Lambda(self, dtype=torch.complex64) -> torch.Tensor:
+        return self._per_channel(torch.complex(-torch.exp(self.log_neg_re), self.im)).to(dtype)
+
+    def dt(self, dtype=torch.float32) -> torch.Tensor:
+        return torch.exp(self.log_dt).to(dtype)
+
+    def Ct(self, dtype=torch.complex64) -> torch.Tensor:
+        return torch.view_as_complex(self.C).to(dtype)
+
+
+class S4DKernel(_SSMKernel):
+    """K_l = 2 Re Σ_n C_n dB_n exp(ΔΛ_n l): exact at every length (Vandermonde)."""
+
+    def __init__(self, H: int, N: int = 64, init: str = "inv", n_ssm: int = 1,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1):
+        Lambda = hippo.s4d_inv(N) if init == "inv" else hippo.s4d_lin(N)
+        super().__init__(H, N, Lambda, n_ssm, dt_min, dt_max)
+        self.B = _param(torch.ones(n_ssm, self.N2, dtype=torch.complex64), ssm=True)
+
+    def _discrete(self, dtype):
+        dt = self.dt(dtype.to_real() if dtype.is_complex else dtype)[:, None]
+        Lam = self.Lambda(dtype)
+        dA = torch.exp(dt * Lam)
+        dB = (dA - 1) / Lam * self._per_channel(torch.view_as_complex(self.B)).to(dtype)
+        return dA, dB
+
+    def forward(self, L: int) -> torch.Tensor:
+        dA, dB = self._discrete(torch.complex64)
+        dtlam = torch.log(dA)  # = ΔΛ, reused for the Vandermonde exponent
+        vander = torch.exp(dtlam.unsqueeze(-1) * torch.arange(L, device=dA.device))  # (H, N2, L)
+        return 2 * torch.einsum("hn,hnl->hl", self.Ct() * dB, vander).real
+
+    @torch.no_grad()
+    def step_params(self) -> dict:
+        dA, dB = self._discrete(torch.complex128)
+        return {"dA": dA, "dB": dB, "C": self.Ct(torch.complex128), "G": None, "Q": None}
+
+    @torch.no_grad()
+    def dense_system(self):
+        """Full-space (conjugates included) dA, dB, C in float64, for brute-force tests."""
+        dA, dB = self._discrete(torch.complex128)
+        C = self.Ct(torch.complex128)
+        full = lambda t: torch.cat([t, t.conj()], dim=-1)  # noqa: E731
+        return torch.diag_embed(full(dA)), full(dB), full(C)
+
+
+class DPLRKernel(_SSMKernel):
+    """S4: Cauchy sums + Woodbury at the roots of unity of order l_max, then an inverse FFT.
+
+    The generating function of the kernel truncated at l_max is
+        K̂(ω) = 2/(1+ω) · [k00 - k01·k10 / (1 + k11)],  k_ab = Σ_full v_ab / (z - λ),
+    z = (2/Δ)(1-ω)/(1+ω), with v00 = C̃B, v01 = C̃P, v10 = P̄B, v11 = P̄P and C̃ = C(I - dA^l_max).
+    """
+
+    def __init__(self, H: int, N: int = 64, l_max: int = 16384, n_ssm: int = 1,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, backend: str = "auto"):
+        init = hippo.nplr(N)
+        super().__init__(H, N, init["Lambda"], n_ssm, dt_min, dt_max)
+        self.P = _param(init["P"].expand(n_ssm, -1), ssm=True)
+        self.B = _param(init["B"].expand(n_ssm, -1), ssm=True)
+        self.l_max = int(l_max)
+        self.backend = backend
+
+    def _PB(self, dtype):
+        P = self._per_channel(torch.view_as_complex(self.P)).to(dtype)
+        B = self._per_channel(torch.view_as_complex(self.B)).to(dtype)
+        return P, B
+
+    def _kernel_fft(self, M: int, Ct: torch.Tensor) -> torch.Tensor:
+        """rfft-domain kernel (H, M//2+1) of the length-M truncated kernel whose C̃ is Ct."""
+        dt = self.dt()
+        P, B = self._PB(torch.complex64)
+        w = dt[:, None] * self.Lambda()  # ΔΛ
+        v = torch.stack([Ct * B, Ct * P, P.conj() * B, P.conj() * P], dim=1)  # (H, 4, N2)
+        k = torch.arange(M // 2 + 1, device=dt.device, dtype=torch.float64)
+        theta = math.pi * k / M
+        nyquist = M % 2 == 0
+        if nyquist:
+            theta = theta[:-1]
+        z = (2j * torch.tan(theta)).to(torch.complex64)  # z·Δ = 2(1-ω)/(1+ω) at ω = exp(-2πik/M)
+        r = cauchy(v, z, w, self.backend) * dt[:, None, None]  # (H, 4, K)
+        omega = torch.exp(-2j * theta).to(torch.complex64)
+        kf = 2 / (1 + omega) * (r[:, 0] - r[:, 1] * r[:, 2] / (1 + r[:, 3]))
+        if nyquist:  # ω = -1: K̂ = C̃ (I + dA)^{-1} dB = (Δ/2) Σ_full C̃B
+            kf = torch.cat([kf, (dt * (Ct * B).sum(-1).real).to(kf.dtype)[:, None]], dim=-1)
+        return kf
+
+    def forward(self, L: int) -> torch.Tensor:
+        if L <= self.l_max:
+            kf = self._kernel_fft(self.l_max, self.Ct())
+            return torch.fft.irfft(kf, n=self.l_max)[:, :L]
+        # Longer than l_max: re-target C̃ to length L exactly (dense powers; rare and slower).
+        Ct = self._retarget(L)
+        return torch.fft.irfft(self._kernel_fft(L, Ct), n=L)
+
+    def _dense(self, dtype=torch.complex128):
+        """Full-space dA, dB (bilinear) for all channels: (H, N, N), (H, N)."""
+        dt = self.dt(torch.float64)[:, None, None]
+        Lam = self.Lambda(dtype)
+        P, B = self._PB(dtype)
+        full = lambda t: torch.cat([t, t.conj()], dim=-1)  # noqa: E731
+        Pf, Bf = full(P), full(B)
+        A = torch.diag_embed(full(Lam)) - Pf.unsqueeze(-1) * Pf.conj().unsqueeze(-2)
+        eye = torch.eye(A.shape[-1], dtype=dtype, device=A.device)
+        left = eye - dt / 2 * A
+        dA = torch.linalg.solve(left, eye + dt / 2 * A)
+        dB = torch.linalg.solve(left, dt[..., 0] * Bf)
+        return dA, dB
+
+    def _true_C(self, dA: torch.Tensor) -> torch.Tensor:
+        """C = C̃ (I - dA^l_max)^{-1} in the full space (H, N)."""
+        Ct = self.Ct(dA.dtype)
+        Ctf = torch.cat([Ct, Ct.conj()], dim=-1)
+        eye = torch.eye(dA.shape[-1], dtype=dA.dtype, device=dA.device)
+        M = eye - torch.linalg.matrix_power(dA, self.l_max)
+        return torch.linalg.solve(M.transpose(-1, -2), Ctf.unsqueeze(-1)).squeeze(-1)
+
+    def _retarget(self, L: int) -> torch.Tensor:
+        dA, _ = self._dense()
+        C = self._true_C(dA)
+        eye = torch.eye(dA.shape[-1], dtype=dA.dtype, device=dA.device)
+        CtL = (C.unsqueeze(-2) @ (eye - torch.linalg.matrix_power(dA, L))).squeeze(-2)
+        return CtL[:, : self.N2].to(torch.complex64)
+
+    @torch.no_grad()
+    def dense_system(self):
+        dA, dB = self._dense()
+        return dA, dB, self._true_C(dA)
+
+    @torch.no_grad()
+    def step_params(self) -> dict:
+        """Bilinear DPLR step in the stored half-space, exact and O(N) per step:
+
+            σ = 2 Re Σ conj(Q)·x,   x' = Ā x + G σ + dB u,   y = 2 Re Σ C x' (+ D u outside)
+        with R = 1/(1 - Δ/2 Λ), Ā = (1 + Δ/2 Λ)·R, g = 2/Δ + 2Re Σ|P|²R, G = -R P / g,
+        Q = P·(1 + conj Ā), dB = Δ(R B - R P β/g), β = 2 Re Σ conj(P) R B.
+        (Woodbury on I - Δ/2·A with A = Λ - PP* over the conjugate-completed space.)
+        """
+        dt = self.dt(torch.float64)[:, None]
+        Lam = self.Lambda(torch.complex128)
+        P, B = self._PB(torch.complex128)
+        R = 1 / (1 - dt / 2 * Lam)
+        Abar = (1 + dt / 2 * Lam) * R
+        g = 2 / dt + 2 * (P.abs() ** 2 * R).sum(-1, keepdim=True).real
+        beta = 2 * (P.conj() * R * B).sum(-1, keepdim=True).real
+        dA, _ = self._dense()
+        C = self._true_C(dA)[:, : self.N2]
+        return {"dA": Abar, "dB": dt * (R * B - R * P * beta / g), "C": C,
+                "G": -R * P / g, "Q": P * (1 + Abar.conj())}
