@@ -19,6 +19,8 @@ class SaShiMiConfig:
     expand: int = 2  # channel growth per pooling stage
     ff: int = 2  # feed-forward expansion; 0 disables the feed-forward blocks
     d_state: int = 64  # N: SSM state size (N/2 complex modes are stored, conjugates implied)
+    l_max: int = 16384  # DPLR kernel length at the sample rate (inner tiers: l_max / pooling); any L runs
+    n_ssm: int = 1  # independent (Λ, P, B) copies per layer, shared by groups of channels; 1 = paper
     dropout: float = 0.0
     n_classes: int = 256
     kernel: str = "dplr"  # "dplr" (S4, HiPPO-LegS NPLR) or "s4d" (diagonal)
@@ -26,7 +28,7 @@ class SaShiMiConfig:
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     glu: bool = True  # S4 block output: Linear(H, 2H) + GLU
-    unet: bool = True  # skip connections between tiers
+    unet: bool = False  # also put n_layers blocks on the down path of each tier (paper: False)
     cauchy_backend: str = "auto"
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -37,7 +39,7 @@ class SaShiMiConfig:
             raise ValueError(f"model.s4d_init: {self.s4d_init!r} is not one of {S4D_INITS}")
         if self.cauchy_backend not in CAUCHY_BACKENDS:
             raise ValueError(f"model.cauchy_backend: {self.cauchy_backend!r} is not one of {CAUCHY_BACKENDS}")
-        for name in ("d_model", "n_layers", "expand", "d_state", "n_classes"):
+        for name in ("d_model", "n_layers", "expand", "d_state", "n_classes", "l_max", "n_ssm"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.d_state % 2:

@@ -1,0 +1,145 @@
+"""SaShiMi: a multi-rate U-Net of S4 blocks over 8-bit audio tokens.
+
+Tiers: the outer tier runs at the sample rate; each DownPool folds ``pool[i]`` steps into
+channels (×expand), so with pool = [4, 4] the inner tiers run at 1/4 and 1/16 rate. Going back
+up, UpPool shifts by one pooled step (causality) and a skip joins each tier to itself.
+
+    tokens ─ embed ─┬─ [down blocks] ─┬─ DownPool ─ … ─ center blocks (+skip) ─ … ─ UpPool ─(+)─ up blocks ─ norm ─ head
+                    (skip) ───────────┘                                                       │
+
+Step mode is multi-rate: a tier at 1/p rate runs once every p samples (its DownPool buffers
+inputs, its UpPool hands out cached outputs), which is what makes generation fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import DownPool, S4Block, UpPool, make_blocks
+from .config import SaShiMiConfig
+
+
+@dataclass
+class SaShiMiState:
+    """Explicit recurrent state. ``step`` updates it and returns it; it holds the step constants
+    derived from the parameters when it was made (make a new state after changing weights)."""
+
+    t: int
+    ssm: list  # per S4 layer, in module order: (B, H, N/2) complex
+    consts: list  # per S4 layer: parameter-only step constants
+    down_buf: list  # per pooling level: (B, p, H) inputs waiting to be pooled
+    up_buf: list  # per pooling level: (B, p, H) outputs for the next p steps
+
+    def detach_clone(self) -> "SaShiMiState":
+        return SaShiMiState(self.t, [s.clone() for s in self.ssm], self.consts,
+                            [b.clone() for b in self.down_buf], [b.clone() for b in self.up_buf])
+
+
+class SaShiMi(nn.Module):
+    def __init__(self, config: SaShiMiConfig | None = None, **overrides):
+        super().__init__()
+        cfg = config or SaShiMiConfig(**overrides)
+        if overrides and config is not None:
+            cfg = SaShiMiConfig.from_dict({**cfg.to_dict(), **overrides})
+        self.config = cfg
+        s4_kwargs = dict(d_state=cfg.d_state, kernel=cfg.kernel, s4d_init=cfg.s4d_init, n_ssm=cfg.n_ssm,
+                         dt_min=cfg.dt_min, dt_max=cfg.dt_max, glu=cfg.glu, backend=cfg.cauchy_backend)
+        H, l_max = cfg.d_model, cfg.l_max
+        self.embed = nn.Embedding(cfg.n_classes, H)
+        self.down_blocks, self.down_pools, self.up_pools, self.up_blocks = (nn.ModuleList() for _ in range(4))
+        widths = []
+        for p in cfg.pool:
+            n_down = cfg.n_layers if cfg.unet else 0
+            self.down_blocks.append(make_blocks(H, n_down, cfg.ff, cfg.dropout, l_max=l_max, **s4_kwargs))
+            self.down_pools.append(DownPool(H, cfg.expand, p))
+            widths.append((H, l_max))
+            H, l_max = H * cfg.expand, max(1, -(-l_max // p))
+        self.center = make_blocks(H, cfg.n_layers, cfg.ff, cfg.dropout, l_max=l_max, **s4_kwargs)
+        for (h, lm), p in zip(widths, cfg.pool):
+            self.up_pools.append(UpPool(h * cfg.expand, cfg.expand, p))
+            self.up_blocks.append(make_blocks(h, cfg.n_layers, cfg.ff, cfg.dropout, l_max=lm, **s4_kwargs))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.n_classes)
+
+    @classmethod
+    def from_config(cls, cfg: SaShiMiConfig | dict) -> "SaShiMi":
+        return cls(cfg if isinstance(cfg, SaShiMiConfig) else SaShiMiConfig.from_dict(cfg))
+
+    # ---- convolution mode ------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) int64, any L -> logits (B, L, n_classes). Causal: logits[:, t] sees tokens[:, :t+1]."""
+        L = tokens.shape[1]
+        x = self.embed(tokens)
+        pad = -L % self.config.total_pool  # causal model: padding at the end cannot leak backwards
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad))
+        skips = []
+        for blocks, pool in zip(self.down_blocks, self.down_pools):
+            for blk in blocks:
+                x = blk(x)
+            skips.append(x)
+            x = pool(x)
+        z = x
+        for blk in self.center:
+            x = blk(x)
+        x = x + z
+        for i in reversed(range(len(self.up_pools))):
+            x = self.up_pools[i](x) + skips[i]
+            for blk in self.up_blocks[i]:
+                x = blk(x)
+        return self.head(self.norm(x[:, :L]))
+
+    # ---- step mode -------------------------------------------------------------------------
+    def _s4_blocks(self):
+        return [m for m in self.modules() if isinstance(m, S4Block)]
+
+    @torch.no_grad()
+    def default_state(self, batch: int, device=None) -> SaShiMiState:
+        device = device or self.head.weight.device
+        s4s = self._s4_blocks()
+        widths = [p.proj.in_features // p.pool for p in self.down_pools]
+        return SaShiMiState(
+            t=0,
+            ssm=[b.s4.default_state(batch, device) for b in s4s],
+            consts=[b.s4.step_setup() for b in s4s],
+            down_buf=[torch.zeros(batch, p, h, device=device) for p, h in zip(self.config.pool, widths)],
+            up_buf=[torch.zeros(batch, p, h, device=device) for p, h in zip(self.config.pool, widths)],
+        )
+
+    def _run_blocks(self, blocks, x, state, idx):
+        for blk in blocks:
+            if isinstance(blk, S4Block):
+                i = idx[blk]
+                x, state.ssm[i] = blk.step(x, state.ssm[i], state.consts[i])
+            else:
+                x = blk(x)
+        return x
+
+    def _level_step(self, level: int, x: torch.Tensor, pos: int, state: SaShiMiState, idx) -> torch.Tensor:
+        if level == len(self.down_pools):
+            return self._run_blocks(self.center, x, state, idx) + x
+        s = self._run_blocks(self.down_blocks[level], x, state, idx)
+        p = self.config.pool[level]
+        j = pos % p
+        up = state.up_buf[level][:, j]  # produced from the previous pooled step (the causal shift)
+        state.down_buf[level][:, j] = s
+        if j == p - 1:
+            z = self.down_pools[level].proj(state.down_buf[level].reshape(x.shape[0], -1))
+            y = self._level_step(level + 1, z, pos // p, state, idx)
+            state.up_buf[level] = self.up_pools[level].chunk(y)
+        return self._run_blocks(self.up_blocks[level], up + s, state, idx)
+
+    def step(self, tokens: torch.Tensor, state: SaShiMiState) -> tuple[torch.Tensor, SaShiMiState]:
+        """One sample: tokens (B,) int64 -> (logits (B, n_classes), state). Updates ``state`` in place."""
+        idx = getattr(self, "_s4_index", None)
+        if idx is None:
+            idx = self._s4_index = {b: i for i, b in enumerate(self._s4_blocks())}
+        x = self._level_step(0, self.embed(tokens), state.t, state, idx)
+        state.t += 1
+        return self.head(self.norm(x)), state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
