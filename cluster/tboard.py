@@ -62,6 +62,8 @@ def spectrogram_image(wave: torch.Tensor, n_fft: int = 256) -> torch.Tensor:
     """Log-power spectrogram scaled to [0, 1], low frequencies at the bottom (HW)."""
     import torchaudio
 
+    while n_fft > 16 and n_fft >= wave.shape[-1]:  # short clips: reflect padding needs n_fft/2 < length
+        n_fft //= 2
     spec = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=n_fft // 4)(wave.float())
     db = 10 * torch.log10(spec.clamp_min(1e-10))
     db = db.clamp_min(db.max() - 80)

@@ -21,6 +21,7 @@ import torch
 FAULT_ENV = "SASHIMI_FAULT_AT_STEP"  # test-only: raise on one rank at this step, once
 FAULT_MARKER_ENV = "SASHIMI_FAULT_MARKER"  # file created when the fault fires; present = already fired
 FAULT_RANK_ENV = "SASHIMI_FAULT_RANK"
+FAULT_JOB_ENV = "SASHIMI_FAULT_JOB"  # optional: only the job with this name
 
 
 def _seed_all(seed: int) -> None:
@@ -29,9 +30,11 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-def _maybe_inject_fault(step: int, rank: int) -> None:
+def _maybe_inject_fault(step: int, rank: int, job_name: str) -> None:
     at = os.environ.get(FAULT_ENV)
     if not at or step != int(at) or rank != int(os.environ.get(FAULT_RANK_ENV, "0")):
+        return
+    if os.environ.get(FAULT_JOB_ENV, job_name) != job_name:
         return
     marker = Path(os.environ.get(FAULT_MARKER_ENV, "/nonexistent-dir/sashimi-fault"))
     try:
@@ -111,6 +114,7 @@ def train_fn(cfg: dict) -> None:
 
     step = 0
     restored_rng = None
+    resumed_from = -1
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -118,7 +122,7 @@ def train_fn(cfg: dict) -> None:
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        step = state["step"]
+        step = resumed_from = state["step"]
         per_rank = state["rng"].get("per_rank")
         if per_rank is not None and len(per_rank) == world:
             restored_rng = per_rank[rank]
@@ -172,7 +176,7 @@ def train_fn(cfg: dict) -> None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            _maybe_inject_fault(step + 1, rank)
+            _maybe_inject_fault(step + 1, rank, job.name)
             step += 1
             dt = time.perf_counter() - t0
             if t_first is None:
@@ -197,7 +201,7 @@ def train_fn(cfg: dict) -> None:
                       f"data wait {1000 * window['data'] / n:.1f} ms/step", flush=True)
                 window = {"time": 0.0, "data": 0.0, "steps": 0, "loss": 0.0}
 
-            metrics = {"step": step}
+            metrics = {"step": step, "resumed_from": resumed_from, "first_step_unix": t_first}
             if job.eval.val_batches and (step % job.eval.every == 0 or step == job.training.max_steps):
                 val_nll = torch.zeros((), dtype=torch.float64, device=device)
                 if rank == 0:
@@ -228,7 +232,7 @@ def train_fn(cfg: dict) -> None:
                     state = ckpt_io.make_state(
                         model_state=raw_model.state_dict(), optimizer_state=optimizer.state_dict(),
                         scheduler_state=sched.state_dict(), step=step, data_seed=job.seed, world_size=world,
-                        job=job.to_dict(), metrics={k: v for k, v in metrics.items() if k != "step"})
+                        job=job.to_dict(), metrics={k: v for k, v in metrics.items() if k == "val_nll_bits"})
                     state["rng"]["per_rank"] = per_rank
                     with tempfile.TemporaryDirectory() as tmp:
                         ckpt_io.save_checkpoint_dir(tmp, state)
