@@ -1,0 +1,20 @@
+"""Shared test setup: a project-local PyKeOps cache (compile once), deterministic seeds."""
+import os
+import pathlib
+import random
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+os.environ.setdefault("KEOPS_CACHE_FOLDER", str(ROOT / ".keops_cache"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,91 @@
+"""Every Cauchy backend against a float64 reference, values and gradients."""
+import warnings
+
+import pytest
+import torch
+
+from sashimi import cauchy as cauchy_mod
+from sashimi.cauchy import cauchy, keops_available
+
+# complex64 vs the float64 reference, relative to the largest |reference| entry. The poles
+# and evaluation points mirror S4's: Re w < 0, z on the imaginary axis.
+REL_TOL = 1e-5
+
+
+def _backends():
+    out = ["naive", "chunked"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if keops_available():
+            out.append("keops")
+    return out
+
+
+def _inputs(L, N, H=2, M=3):
+    w = torch.complex(-torch.rand(H, N, dtype=torch.float64) - 0.1, 10 * torch.randn(H, N, dtype=torch.float64))
+    v = torch.randn(H, M, N, dtype=torch.complex128)
+    theta = torch.pi * torch.arange(L, dtype=torch.float64) / (2 * L + 1)
+    z = 2j * torch.tan(theta)
+    return v, z, w
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("L,N", [(1, 4), (257, 8), (4096, 64), (16384, 32)])
+def test_cauchy_matches_float64(backend, L, N):
+    v, z, w = _inputs(L, N)
+    ref = cauchy(v, z, w, "naive")
+    # Brute-force check of the reference itself on the full (unpaired) sum.
+    full = (torch.cat([v, v.conj()], -1).unsqueeze(-1) / (z - torch.cat([w, w.conj()], -1)[:, None, :, None])).sum(-2)
+    assert torch.allclose(ref, full, rtol=1e-12, atol=1e-12)
+    out = cauchy(v.to(torch.complex64), z.to(torch.complex64), w.to(torch.complex64), backend)
+    assert out.dtype == torch.complex64
+    assert (out.to(torch.complex128) - ref).abs().max() / ref.abs().max() < REL_TOL
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("L,N", [(1, 4), (333, 16), (4096, 64)])
+def test_cauchy_gradients_match_float64(backend, L, N):
+    v, z, w = _inputs(L, N)
+    g = torch.randn(v.shape[:-1] + (L,), dtype=torch.complex128)
+
+    def grads(dtype, name):
+        vv = v.to(dtype).clone().requires_grad_()
+        ww = w.to(dtype).clone().requires_grad_()
+        out = cauchy(vv, z.to(dtype), ww, name)
+        (out * g.to(dtype).conj()).real.sum().backward()
+        return vv.grad.to(torch.complex128), ww.grad.to(torch.complex128)
+
+    ref_v, ref_w = grads(torch.complex128, "naive")
+    got_v, got_w = grads(torch.complex64, backend)
+    assert (got_v - ref_v).abs().max() / ref_v.abs().max() < REL_TOL
+    assert (got_w - ref_w).abs().max() / ref_w.abs().max() < 2 * REL_TOL  # 1/(z-w)^2 doubles the rounding
+
+
+def test_chunked_really_chunks(monkeypatch):
+    """Force many tiny blocks: results must not depend on the block boundaries."""
+    v, z, w = _inputs(1000, 8)
+    ref = cauchy(v, z, w, "naive")
+    monkeypatch.setattr(cauchy_mod.chunked, "BLOCK_ELEMENTS", 7)
+    vv = v.clone().requires_grad_()
+    out = cauchy(vv, z, w, "chunked")
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    out.abs().sum().backward()
+    assert torch.isfinite(vv.grad.abs()).all()
+
+
+def test_auto_falls_back_with_one_warning(monkeypatch):
+    """No usable PyKeOps: auto picks chunked and warns exactly once."""
+    from sashimi.cauchy import keops
+
+    monkeypatch.setattr(keops, "_STATE", {})
+    monkeypatch.setenv("SASHIMI_DISABLE_KEOPS", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not keops_available()
+        assert not keops_available()
+        assert cauchy_mod.resolve_backend("auto", torch.device("cuda")) == "chunked"
+    assert len([c for c in caught if "PyKeOps" in str(c.message)]) == 1
+    with pytest.raises(RuntimeError, match="unavailable"):
+        cauchy(*_inputs(4, 4), backend="keops")
+    with pytest.raises(ValueError, match="unknown Cauchy backend"):
+        cauchy(*_inputs(4, 4), backend="fast")
