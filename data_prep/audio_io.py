@@ -5,6 +5,7 @@ torch/torchaudio are imported only when a file actually needs resampling.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -12,6 +13,7 @@ import numpy as np
 import soundfile as sf
 
 WORKER_ENV = "DATA_PREP_WORKER"
+_INT16_SUBTYPES = frozenset({"PCM_16", "PCM_S8", "PCM_U8"})
 
 
 class BadAudio(Exception):
@@ -33,17 +35,38 @@ MAX_SINC_KERNEL = 4_000_000
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited resampling of a 1-D float32 signal (torchaudio windowed sinc)."""
+    """Band-limited resampling of a 1-D float32 signal (torchaudio windowed sinc, same as functional.resample)."""
     if orig_sr == target_sr:
         return audio
     g = math.gcd(int(orig_sr), int(target_sr))
     if (orig_sr // g) * (target_sr // g) > MAX_SINC_KERNEL:
         return fft_resample(audio, orig_sr, target_sr)
     torch = _torch()
-    import torchaudio.functional as AF
-
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), int(orig_sr), int(target_sr))
+    with torch.no_grad():
+        out = _resampler(int(orig_sr), int(target_sr))(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)))
     return out.numpy()
+
+
+def downmix(data: np.ndarray) -> np.ndarray:
+    """(frames, channels) float32 or int16 -> mono float32 channel mean in [-1, 1].
+
+    Sums columns (~10x faster than ``.mean(axis=1)``); int16 is scaled by 1/32768 like libsndfile.
+    """
+    scale = 1.0 / data.shape[1] / (32768.0 if data.dtype == np.int16 else 1.0)
+    acc = data[:, 0].astype(np.float32)
+    for c in range(1, data.shape[1]):
+        acc += data[:, c]
+    if scale != 1.0:
+        acc *= np.float32(scale)
+    return acc
+
+
+@functools.lru_cache(maxsize=8)
+def _resampler(orig_sr: int, target_sr: int):
+    # transforms.Resample builds the sinc kernel once; functional.resample rebuilds it per call.
+    import torchaudio.transforms as AT
+
+    return AT.Resample(orig_sr, target_sr)
 
 
 def fft_resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -68,7 +91,8 @@ def load_mono(path: str, target_sr: int) -> tuple[np.ndarray, dict]:
     try:
         with sf.SoundFile(path) as f:
             sr, channels = f.samplerate, f.channels
-            data = f.read(dtype="float32", always_2d=True)
+            # 16-bit-or-less sources decode ~30% faster as int16 (exact; scaled by 1/32768 in downmix).
+            data = f.read(dtype="int16" if f.subtype in _INT16_SUBTYPES else "float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise BadAudio(f"not decodable audio: {_short(e, path)}") from None
     except OSError as e:
@@ -77,9 +101,9 @@ def load_mono(path: str, target_sr: int) -> tuple[np.ndarray, dict]:
         raise BadAudio("empty: 0 audio frames")
     if sr <= 0:
         raise BadAudio(f"invalid sample rate {sr}")
-    if not np.all(np.isfinite(data)):
+    if data.dtype == np.float32 and not np.all(np.isfinite(data)):
         raise BadAudio("contains NaN/inf samples")
-    mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
+    mono = downmix(data)
     try:
         mono = resample(mono, sr, target_sr)
     except Exception as e:  # torchaudio rejects pathological rates

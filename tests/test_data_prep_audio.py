@@ -71,3 +71,14 @@ def test_clip_spans(n, clip, hop, pad, expected):
 def test_cut_zero_pads():
     a = np.arange(1, 11, dtype=np.float32)
     np.testing.assert_array_equal(cut(a, 8, 2, 4), [9, 10, 0, 0])
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_downmix_same_for_int16_and_float_decode_paths(tmp_path, subtype):
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-0.9, 0.9, (4000, 3)).astype(np.float32)
+    p = write_audio(tmp_path / "m.wav", x, 16000, subtype=subtype)
+    ref, _ = __import__("soundfile").read(str(p), dtype="float32")
+    y, info = load_mono(str(p), 16000)
+    assert info["channels"] == 3 and y.dtype == np.float32
+    np.testing.assert_allclose(y, ref.mean(axis=1), atol=1e-6)
