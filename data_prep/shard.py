@@ -52,6 +52,14 @@ def write_rejected(out_dir: Path, rejected: list[tuple[str, str]]) -> None:
     atomic_write_text(out_dir / REJECTED_NAME, "\n".join(lines) + "\n")
 
 
+def default_workers() -> int:
+    """CPUs this process may use (respects affinity/cgroup cpusets, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _resolve_params(preset_name: str, sample_rate, clip_seconds, hop_seconds, split, pad_last, seed, shard_max_mb, workers) -> dict:
     p = get_preset(preset_name)
     params = {
@@ -63,7 +71,7 @@ def _resolve_params(preset_name: str, sample_rate, clip_seconds, hop_seconds, sp
         "one_clip_per_file": p.one_clip_per_file,
         "seed": int(seed),
         "shard_max_mb": float(shard_max_mb),
-        "workers": int(workers or os.cpu_count() or 1),
+        "workers": int(workers or default_workers()),
     }
     if params["sample_rate"] <= 0:
         raise PrepError(f"--sample-rate must be positive, got {params['sample_rate']}")
@@ -131,8 +139,11 @@ def _results(tasks: list[FileTask], workers: int):
             yield process_file(t)
         return
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn"), initializer=init_worker) as ex:
+    ex = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn"), initializer=init_worker)
+    try:
         yield from ex.map(process_file, tasks, chunksize=chunk)
+    finally:  # on Ctrl-C / error, don't wait for the queued files
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def shard_folder(

@@ -10,6 +10,11 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+def _row(name: str, row: list, kind: str) -> str:
+    hours = f"{row[2]:>8.3f}" if kind == "audio" else f"{'-':>8}"
+    return f"{name:<6} {row[0]:>6} {row[1]:>8} {hours} {row[3]:>6} {_mb(row[4]):>12}"
+
+
 def summarize(out_dir: str | os.PathLike) -> str:
     m = load_manifest(out_dir)
     sr = m.get("sample_rate")
@@ -29,8 +34,8 @@ def summarize(out_dir: str | os.PathLike) -> str:
         nbytes = sum(s["bytes"] for s in info["shards"])
         row = [info.get("files", 0), info["clips"], info.get("seconds", 0.0) / 3600, len(info["shards"]), nbytes]
         tot = [a + b for a, b in zip(tot, row)]
-        lines.append(f"{split:<6} {row[0]:>6} {row[1]:>8} {row[2]:>8.3f} {row[3]:>6} {_mb(row[4]):>12}")
-    lines.append(f"{'total':<6} {tot[0]:>6} {tot[1]:>8} {tot[2]:>8.3f} {tot[3]:>6} {_mb(tot[4]):>12}")
+        lines.append(_row(split, row, m["kind"]))
+    lines.append(_row("total", tot, m["kind"]))
     rejected = m.get("rejected") or []
     lines.append("")
     lines.append(f"rejected  {len(rejected)} file(s)" + (" (see rejected.tsv)" if rejected else ""))

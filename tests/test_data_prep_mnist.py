@@ -53,6 +53,7 @@ def test_mnist_round_trip(tmp_path, gz):
             seen[(part, i)] = split
     assert len(seen) == 80
     assert main(["verify", str(out), "--quiet"]) == 0
+    assert main(["inspect", str(out)]) == 0
     # deterministic val slice
     assert main(["mnist", str(src), str(tmp_path / "out2"), "--val-count", "10", "--quiet"]) == 0
     assert load_manifest(tmp_path / "out2")["splits"] == m["splits"]
