@@ -19,9 +19,12 @@ def _chunk_size(batch_n: int, K: int) -> int:
     return max(1, min(K, BLOCK_ELEMENTS // max(1, batch_n)))
 
 
-def _block(a: torch.Tensor, b: torch.Tensor, wr: torch.Tensor, wabs2: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """a = 2Re(v), b = 2Re(v·w̄) (..., M, N) real; wr = Re(w), wabs2 = |w|² (..., N); z (chunk,)."""
-    inv = 1 / (z * z - 2 * wr.unsqueeze(-1) * z + wabs2.unsqueeze(-1))  # (..., N, chunk)
+def _block(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """a = 2Re(v), b = 2Re(v·w̄) (..., M, N) real; w (..., N); z (chunk,)."""
+    w = w.unsqueeze(-1)
+    # The factored denominator keeps full relative precision when z ≈ i·Im(w); the expanded
+    # z² - 2Re(w)z + |w|² cancels catastrophically there (|Im w| ~ 100 loses 3 digits).
+    inv = 1 / ((z - w) * (z - w.conj()))  # (..., N, chunk)
     inv_r = torch.view_as_real(inv).flatten(-2)  # (..., N, 2·chunk) real
     za = torch.view_as_complex((a @ inv_r).unflatten(-1, (-1, 2)).contiguous())  # (..., M, chunk)
     zb = torch.view_as_complex((b @ inv_r).unflatten(-1, (-1, 2)).contiguous())
@@ -31,7 +34,7 @@ def _block(a: torch.Tensor, b: torch.Tensor, wr: torch.Tensor, wabs2: torch.Tens
 def _split(v: torch.Tensor, w: torch.Tensor):
     a = 2 * v.real
     b = 2 * (v * w.conj().unsqueeze(-2)).real
-    return a, b, w.real, w.real.square() + w.imag.square()
+    return a, b, w
 
 
 class _CauchyChunked(torch.autograd.Function):
@@ -39,12 +42,12 @@ class _CauchyChunked(torch.autograd.Function):
     def forward(ctx, v, z, w):
         ctx.save_for_backward(v, z, w)
         with torch.no_grad():
-            a, b, wr, wabs2 = _split(v, w)
+            a, b, wb = _split(v, w)
             K = z.shape[-1]
             out = torch.empty(a.shape[:-1] + (K,), dtype=v.dtype, device=v.device)
-            step = _chunk_size(wr.numel(), K)
+            step = _chunk_size(w.numel(), K)
             for s in range(0, K, step):
-                out[..., s:s + step] = _block(a, b, wr, wabs2, z[s:s + step])
+                out[..., s:s + step] = _block(a, b, wb, z[s:s + step])
         return out
 
     @staticmethod
@@ -55,8 +58,7 @@ class _CauchyChunked(torch.autograd.Function):
         gv, gw = torch.zeros_like(v), torch.zeros_like(w)
         with torch.enable_grad():
             vd, wd = v.detach().requires_grad_(), w.detach().requires_grad_()
-            a, b, wr, wabs2 = _split(vd, wd)
-            parts = (a, b, wr, wabs2)
+            parts = _split(vd, wd)
             acc = [torch.zeros_like(p) for p in parts]
             for s in range(0, K, step):
                 dps = [p.detach().requires_grad_() for p in parts]

@@ -1,0 +1,4 @@
+"""python -m sashimi.cauchy: see bench.py."""
+from .bench import main
+
+main()
