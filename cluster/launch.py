@@ -22,7 +22,9 @@ class RunInfo:
     tensorboard_dir: str
     checkpoint_dir: str | None
     metrics: dict
-    seconds: float
+    seconds: float  # whole call: data prep, Ray start, training, shutdown
+    submitted_unix: float  # just before TorchTrainer.fit()
+    started_unix: float  # when run() was called
 
 
 def ensure_demo_data(job: JobConfig, log=print) -> None:
@@ -112,8 +114,8 @@ def run(job: JobConfig, where: str = "<job>", fresh: bool = False, num_cpus: int
     worker_cfg = prepare(job, where, fresh, log)
     started = connect_ray(num_cpus)
     try:
-        log(f"[sashimi] submitting {job.name}: {job.scaling.num_workers} worker(s), run dir {run_dir_of(job)} "
-            f"(submitted at unix time {time.time():.3f})")
+        submitted = time.time()
+        log(f"[sashimi] submitting {job.name}: {job.scaling.num_workers} worker(s), run dir {run_dir_of(job)}")
         result = build_trainer(job, worker_cfg).fit()
     finally:
         if started:
@@ -122,7 +124,8 @@ def run(job: JobConfig, where: str = "<job>", fresh: bool = False, num_cpus: int
             ray.shutdown()
     ckpt = result.checkpoint.path if result.checkpoint is not None else None
     info = RunInfo(run_dir=run_dir_of(job), tensorboard_dir=f"{run_dir_of(job)}/tensorboard",
-                   checkpoint_dir=ckpt, metrics=dict(result.metrics or {}), seconds=time.time() - t0)
+                   checkpoint_dir=ckpt, metrics=dict(result.metrics or {}), seconds=time.time() - t0,
+                   submitted_unix=submitted, started_unix=t0)
     log(f"[sashimi] done in {info.seconds:.0f} s; latest checkpoint: {ckpt}")
     log(f"[sashimi] TensorBoard: tensorboard --logdir {info.run_dir} --host 127.0.0.1")
     sys.stdout.flush()

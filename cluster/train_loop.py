@@ -148,6 +148,7 @@ def train_fn(cfg: dict) -> None:
     clip = job.training.clip_norm if job.training.clip_norm is not None else float("inf")
     t_first = None
     window = {"time": 0.0, "data": 0.0, "steps": 0, "loss": 0.0}
+    totals = {"time": 0.0, "data": 0.0, "steps": 0}  # this attempt, first step excluded (warm-up)
     model.train()
 
     while step < job.training.max_steps:
@@ -179,7 +180,11 @@ def train_fn(cfg: dict) -> None:
             _maybe_inject_fault(step + 1, rank, job.name)
             step += 1
             dt = time.perf_counter() - t0
-            if t_first is None:
+            if t_first is not None:
+                totals["time"] += dt
+                totals["data"] += data_wait
+                totals["steps"] += 1
+            else:
                 t_first = time.time()
                 if rank == 0:
                     print(f"[sashimi] first step done at unix time {t_first:.3f}", flush=True)
@@ -202,6 +207,10 @@ def train_fn(cfg: dict) -> None:
                 window = {"time": 0.0, "data": 0.0, "steps": 0, "loss": 0.0}
 
             metrics = {"step": step, "resumed_from": resumed_from, "first_step_unix": t_first}
+            if totals["steps"]:
+                metrics["perf_samples_per_s"] = totals["steps"] * bs * accum * world / totals["time"]
+                metrics["perf_step_time_s"] = totals["time"] / totals["steps"]
+                metrics["perf_data_wait_s_per_step"] = totals["data"] / totals["steps"]
             if job.eval.val_batches and (step % job.eval.every == 0 or step == job.training.max_steps):
                 val_nll = torch.zeros((), dtype=torch.float64, device=device)
                 if rank == 0:
