@@ -127,6 +127,5 @@ def run(job: JobConfig, where: str = "<job>", fresh: bool = False, num_cpus: int
                    checkpoint_dir=ckpt, metrics=dict(result.metrics or {}), seconds=time.time() - t0,
                    submitted_unix=submitted, started_unix=t0)
     log(f"[sashimi] done in {info.seconds:.0f} s; latest checkpoint: {ckpt}")
-    log(f"[sashimi] TensorBoard: tensorboard --logdir {info.run_dir} --host 127.0.0.1")
     sys.stdout.flush()
     return info

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,13 @@ def _maybe_inject_fault(step: int, rank: int, job_name: str) -> None:
         return
     os.close(fd)
     raise RuntimeError(f"injected fault at step {step} on rank {rank} ({FAULT_ENV})")
+
+
+def _say(msg: str) -> None:
+    """Progress line to the worker's stdout (Ray forwards it to the driver / job logs). Not print():
+    Ray Train V2 patches print to tee into its logger as well, which shows every line twice."""
+    sys.stdout.write(f"[sashimi] {msg}\n")
+    sys.stdout.flush()
 
 
 def _memory_metrics(device) -> dict:
@@ -101,7 +109,7 @@ def train_fn(cfg: dict) -> None:
     use_bf16 = job.training.precision == "bf16" and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     if rank == 0 and job.training.precision == "bf16" and not use_bf16:
-        print("[sashimi] precision bf16 requested without a GPU: training in fp32", flush=True)
+        _say("precision bf16 requested without a GPU: training in fp32")
 
     _seed_all(job.seed)  # same init on every rank (DDP also broadcasts rank 0's parameters)
     raw_model = SaShiMi(SaShiMiConfig.from_dict(job.model))
@@ -127,7 +135,7 @@ def train_fn(cfg: dict) -> None:
         if per_rank is not None and len(per_rank) == world:
             restored_rng = per_rank[rank]
         if rank == 0:
-            print(f"[sashimi] resumed from checkpoint at step {step}", flush=True)
+            _say(f"resumed from checkpoint at step {step}")
     if restored_rng is not None:
         ckpt_io.restore_rng(restored_rng)
     else:  # fresh start, or a different world size: RNG is a pure function of (seed, rank, step)
@@ -187,7 +195,7 @@ def train_fn(cfg: dict) -> None:
             else:
                 t_first = time.time()
                 if rank == 0:
-                    print(f"[sashimi] first step done at unix time {t_first:.3f}", flush=True)
+                    _say(f"first step done at unix time {t_first:.3f}")
             window["time"] += dt
             window["data"] += data_wait
             window["steps"] += 1
@@ -201,9 +209,9 @@ def train_fn(cfg: dict) -> None:
                            "perf/step_time_s": window["time"] / n, "perf/data_wait_s": window["data"] / n,
                            **_memory_metrics(device)}
                 writer.scalars(scalars, step)
-                print(f"[sashimi] step {step}/{job.training.max_steps} loss {scalars['train/loss_bits']:.4f} bits "
+                _say(f"step {step}/{job.training.max_steps} loss {scalars['train/loss_bits']:.4f} bits "
                       f"lr {scalars['train/lr']:.2e} gnorm {grad_norm:.3f} {sps:.1f} samples/s "
-                      f"data wait {1000 * window['data'] / n:.1f} ms/step", flush=True)
+                      f"data wait {1000 * window['data'] / n:.1f} ms/step")
                 window = {"time": 0.0, "data": 0.0, "steps": 0, "loss": 0.0}
 
             metrics = {"step": step, "resumed_from": resumed_from, "first_step_unix": t_first}
@@ -221,14 +229,14 @@ def train_fn(cfg: dict) -> None:
                     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                         val_nll.fill_(evaluate(raw_model, val, device, autocast))
                         writer.scalars({"val/nll_bits": float(val_nll)}, step)
-                        print(f"[sashimi] step {step} val NLL {float(val_nll):.4f} bits", flush=True)
+                        _say(f"step {step} val NLL {float(val_nll):.4f} bits")
                         if job.eval.generate_samples:
                             writer.generated(raw_model, job.eval.generate_samples, step, seed=mix_seed(job.seed, step))
                 if world > 1:
                     torch.distributed.broadcast(val_nll, src=0)
                 metrics["val_nll_bits"] = float(val_nll)
                 if sched.observe(float(val_nll)) and rank == 0:
-                    print(f"[sashimi] val NLL plateaued: lr scale now {sched.plateau_scale:g}", flush=True)
+                    _say(f"val NLL plateaued: lr scale now {sched.plateau_scale:g}")
 
             if step % every == 0 or step == job.training.max_steps:
                 rng = ckpt_io.capture_rng()

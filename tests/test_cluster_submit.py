@@ -1,0 +1,108 @@
+"""`ray job submit ... -- sashimi-train JOB.yaml` against a head node this test starts on 127.0.0.1.
+
+The head gets its own --temp-dir, ports and auth token; teardown kills only processes whose command
+line names that temp dir (never `ray stop`, which would hit other Ray instances on the machine)."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster import checkpoint as ck
+from cluster_helpers import REPO, make_demo_shards, tiny_job, write_job
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _kill_tree_by_marker(marker: str) -> None:
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(p.info["cmdline"] or []):
+                procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture
+def head():
+    temp = tempfile.mkdtemp(prefix="sray", dir="/tmp")  # short: Ray's unix socket paths have a length limit
+    gcs, dash, client, nm, om, agent, agent_grpc, metrics, rtenv = _free_ports(9)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    cmd = [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+           f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--dashboard-agent-listen-port={agent}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+           f"--runtime-env-agent-port={rtenv}", "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
+           "--disable-usage-stats"]
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        yield {"address": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        _kill_tree_by_marker(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_and_resubmit_resumes(head, tmp_path):
+    shards = make_demo_shards(tmp_path / "data")
+    job = write_job(tmp_path / "submit.yaml", tiny_job(shards, tmp_path / "runs", "submitted",
+                                                        training={"max_steps": 2}))
+
+    def submit(*overrides):
+        cmd = [str(BIN / "ray"), "job", "submit", "--address", head["address"], "--working-dir", str(REPO),
+               "--runtime-env", str(REPO / "jobs" / "runtime_env.yaml"), "--",
+               "sashimi-train", str(job), "--no-wav", *overrides]
+        return subprocess.run(cmd, env=head["env"], cwd=REPO, capture_output=True, text=True, timeout=400)
+
+    t0 = time.time()
+    out = submit()
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert "succeeded" in log.lower() and "step 2/2" in log
+    run_dir = tmp_path / "runs" / "submitted"
+    assert ck.load_state(ck.latest_checkpoint(run_dir))["step"] == 2
+    # Ray does not retry jobs: re-submitting the same job name resumes from its checkpoint
+    out = submit("training.max_steps=4")
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert "resumed from checkpoint at step 2" in log
+    assert ck.load_state(ck.latest_checkpoint(run_dir))["step"] == 4
+    print(f"two submissions took {time.time() - t0:.0f} s")
