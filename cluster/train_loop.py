@@ -54,9 +54,14 @@ def _say(msg: str) -> None:
 
 
 def _memory_metrics(device) -> dict:
-    import psutil
+    import resource
 
-    out = {"memory/rss_mb": psutil.Process().memory_info().rss / 2**20}
+    out = {"memory/max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    try:  # current RSS from /proc (Linux); no psutil dependency
+        with open("/proc/self/statm") as f:
+            out["memory/rss_mb"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
     if device.type == "cuda":
         out["memory/cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

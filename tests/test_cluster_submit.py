@@ -36,27 +36,29 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _kill_tree_by_marker(marker: str) -> None:
-    import psutil
+def _pids_by_marker(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
 
-    procs = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if marker in " ".join(p.info["cmdline"] or []):
-                procs.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+
+def _kill_by_marker(marker: str) -> None:
+    """SIGTERM, then SIGKILL after 10 s, every process whose command line contains `marker`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _pids_by_marker(marker):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + 10
+        while _pids_by_marker(marker) and time.time() < deadline:
+            time.sleep(0.2)
 
 
 @pytest.fixture
@@ -77,7 +79,7 @@ def head():
         assert out.returncode == 0, out.stdout + out.stderr
         yield {"address": f"http://127.0.0.1:{dash}", "env": env}
     finally:
-        _kill_tree_by_marker(temp)
+        _kill_by_marker(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 
