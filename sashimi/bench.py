@@ -41,7 +41,7 @@ def _train(cfg_dict, L, steps, threads, q):
            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
 
 
-def _generate(cfg_dict, batch, n, threads, q):
+def _generate(cfg_dict, batch, n, threads, compile_, q):
     import torch
 
     from sashimi import SaShiMi, SaShiMiConfig
@@ -49,11 +49,13 @@ def _generate(cfg_dict, batch, n, threads, q):
 
     torch.manual_seed(0)
     model = SaShiMi(SaShiMiConfig.from_dict(cfg_dict)).eval()
-    generate(model, 64, batch=batch, seed=0, threads=threads)  # warm-up
     t0 = time.perf_counter()
-    generate(model, n, batch=batch, seed=0, threads=threads)
+    generate(model, 64, batch=batch, seed=0, threads=threads, compile=compile_)  # warm-up (and compile)
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    generate(model, n, batch=batch, seed=0, threads=threads, compile=compile_)
     dt = time.perf_counter() - t0
-    q.put({"samples_per_s": batch * n / dt, "per_sequence": n / dt})
+    q.put({"samples_per_s": batch * n / dt, "per_sequence": n / dt, "warmup_s": warm})
 
 
 def _agreement(cfg_dict, L, q):
@@ -95,6 +97,7 @@ def main(argv=None) -> None:
     ap.add_argument("--agreement-length", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads for training")
     ap.add_argument("--gen-threads", type=int, default=1, help="intra-op threads for step mode")
+    ap.add_argument("--no-compile", action="store_true", help="eager step mode (no torch.compile)")
     args = ap.parse_args(argv)
     cfg = {"kernel": args.kernel}  # everything else: the paper's 8-layer defaults
     from sashimi import SaShiMi, SaShiMiConfig
@@ -110,12 +113,13 @@ def main(argv=None) -> None:
         print(f"train  L={L:>6} batch 1: {r['samples_per_s']:8.0f} samples/s  ({r['step_s']:.2f} s/step, "
               f"peak RSS {r['peak_rss_gb']:.2f} GB, {args.threads} threads)")
     for B in (int(x) for x in args.gen_batches.split(",") if x):
-        r = _run(_generate, cfg, B, args.gen_samples, args.gen_threads)
+        r = _run(_generate, cfg, B, args.gen_samples, args.gen_threads, not args.no_compile)
         if r is None:
             print(f"generate batch {B}: failed")
             continue
         print(f"generate batch {B:>3}: {r['samples_per_s']:8.0f} samples/s total, {r['per_sequence']:7.0f} per "
-              f"sequence ({r['per_sequence'] / 16000:.3f}x real time at 16 kHz, {args.gen_threads} thread)")
+              f"sequence ({r['per_sequence'] / 16000:.3f}x real time at 16 kHz, {args.gen_threads} thread, "
+              f"{'compiled' if not args.no_compile else 'eager'}, warm-up {r['warmup_s']:.0f} s)")
     if args.agreement_length:
         r = _run(_agreement, cfg, args.agreement_length)
         print(f"conv vs multi-rate step, {args.agreement_length} samples: max |logit diff| = {r['max_abs_diff']:.2e}")

@@ -14,6 +14,15 @@ from .model import SaShiMi, SaShiMiState
 from .quantize import zero_class
 
 
+def _compile_settings(device: torch.device):
+    """Inductor settings for step mode: weights frozen as constants and, on the CPU, C++ GEMM
+    templates for the tiny matrix-vector products (no per-call dispatch into BLAS)."""
+    import torch._inductor.config as inductor_config  # noqa: PLC0415
+
+    backends = "CPP,ATEN" if device.type == "cpu" else "ATEN,TRITON"
+    return inductor_config.patch(freezing=True, max_autotune_gemm_backends=backends)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     old = torch.get_num_threads()
@@ -55,15 +64,20 @@ def prime_state(model: SaShiMi, prime: torch.Tensor) -> tuple[torch.Tensor, SaSh
 @torch.inference_mode()
 def generate(model: SaShiMi, n_samples: int, batch: int = 1, temperature: float = 1.0, top_p: float = 1.0,
              prime: torch.Tensor | None = None, seed: int | None = None, threads: int | None = 1,
-             progress: bool = False) -> torch.Tensor:
-    """Sample ``n_samples`` tokens per sequence after an optional ``prime`` (B, P) -> (B, n_samples)."""
+             progress: bool = False, compile: bool = False) -> torch.Tensor:
+    """Sample ``n_samples`` tokens per sequence after an optional ``prime`` (B, P) -> (B, n_samples).
+
+    ``compile=True`` fuses each tier's step with torch.compile: ~3x faster per sample after a
+    one-off compilation of about a minute, so it pays off for long generations."""
     was_training = model.training
     model.eval()
     device = model.head.weight.device
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else torch.seed())
     out = torch.empty(batch if prime is None else prime.shape[0], n_samples, dtype=torch.long, device=device)
-    with torch_threads(threads):
+    model.compile_step(compile)
+    settings = _compile_settings(device) if compile else contextlib.nullcontext()
+    with torch_threads(threads), settings:
         if prime is not None and prime.shape[1] > 0:
             logits, state = prime_state(model, prime.to(device))
         else:

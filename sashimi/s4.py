@@ -70,32 +70,39 @@ class S4(nn.Module):
 
     # ---- step mode -------------------------------------------------------------------------
     @torch.no_grad()
-    def step_setup(self, dtype=torch.complex64) -> dict:
-        """Parameter-only constants of the recurrence, computed once per generation (float64 → dtype).
+    def step_setup(self) -> dict:
+        """Parameter-only constants of the recurrence, computed once per generation in float64.
 
-        y_t depends on x_{t-1} and u_t only, so the output readout is folded into the state update:
-          σ = 2Re Σ conj(Q) x ;  y = 2Re Σ (C Ā) x + c_σ σ + (c_u + D) u ;  x ← Ā x + G σ + dB u
+        The state is real: x = (Re, Im) of the N/2 stored modes, shape (B, H, 2, N/2), so the
+        step is plain real arithmetic (and torch.compile can fuse it). y_t depends on x_{t-1}
+        and u_t only, so the readout is folded into the update:
+          [y0, σ] = W · x,  y = y0 + c_σ σ + c_u u,  x ← Ā x + G σ + dB u   (Ā: a 2×2 rotation-scale)
+        with y0 = 2Re Σ C Ā x and, for DPLR only, σ = 2Re Σ conj(Q) x (the rank-1 Woodbury term).
         """
         sp = self.kernel.step_params()
         C, Abar, dB = sp["C"], sp["dA"], sp["dB"]
-        out = {"Abar": Abar.to(dtype), "dB": dB.to(dtype),
-               "CA": (2 * C * Abar).to(dtype), "cu": (2 * (C * dB).sum(-1).real + self.D.double()).float()}
-        if sp["G"] is not None:
-            out.update(G=sp["G"].to(dtype), Q2=(2 * sp["Q"]).to(dtype),
-                       cs=(2 * (C * sp["G"]).sum(-1).real).float())
-        return out
+        CA = 2 * C * Abar
+        dplr = sp["G"] is not None
+        Q2 = 2 * sp["Q"] if dplr else torch.zeros_like(C)
+        G = sp["G"] if dplr else torch.zeros_like(C)
+        W = torch.stack([torch.stack([CA.real, -CA.imag], 1), torch.stack([Q2.real, Q2.imag], 1)], 1)
+        ri = lambda t: torch.stack([t.real, t.imag], 1).float()  # noqa: E731  (H, 2, N/2)
+        return {"W": W.float(), "ar": Abar.real.float(), "ai": Abar.imag.float(), "G": ri(G), "dB": ri(dB),
+                "cs": (2 * (C * G).sum(-1).real).float(), "cu": (2 * (C * dB).sum(-1).real + self.D.double()).float(),
+                "dplr": dplr}
 
     def default_state(self, batch: int, device=None) -> torch.Tensor:
-        return torch.zeros(batch, self.kernel.H, self.kernel.N2, dtype=torch.complex64, device=device)
+        return torch.zeros(batch, self.kernel.H, 2, self.kernel.N2, device=device)
 
     def step(self, u: torch.Tensor, x: torch.Tensor, c: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """u (B, H) real, x (B, H, N2) complex -> (output (B, H), new state)."""
-        uc = u.unsqueeze(-1)
-        y = (x * c["CA"]).sum(-1).real + c["cu"] * u
-        if "G" in c:
-            sig = (x * c["Q2"].conj()).sum(-1, keepdim=True).real
-            y = y + c["cs"] * sig.squeeze(-1)
-            x = c["Abar"] * x + c["G"] * sig + c["dB"] * uc
-        else:
-            x = c["Abar"] * x + c["dB"] * uc
-        return self._post(y), x
+        """u (B, H), x (B, H, 2, N/2) -> (output (B, H), new state)."""
+        ys = torch.einsum("bhcn,hkcn->bhk", x, c["W"])
+        xr, xi = x[:, :, 0], x[:, :, 1]
+        ar, ai = c["ar"], c["ai"]
+        new = torch.stack([ar * xr - ai * xi, ar * xi + ai * xr], dim=2) + c["dB"] * u[..., None, None]
+        y = ys[..., 0] + c["cu"] * u
+        if c["dplr"]:
+            sig = ys[..., 1]
+            y = y + c["cs"] * sig
+            new = new + c["G"] * sig[..., None, None]
+        return self._post(y), new
