@@ -203,6 +203,10 @@ def _build(cls, raw: Any, prefix: str, where: str):
 def job_from_dict(raw: Any, where: str = "<job>") -> JobConfig:
     """Validate a parsed YAML mapping into a JobConfig; `where` (the file) is named in every error."""
     job = _build(JobConfig, raw, "", where)
+    if isinstance(job.model, dict) and "l_max" not in job.model and job.data.crop:
+        # The DPLR kernel is defined at l_max; training at exactly that length is cheapest and
+        # other lengths stay exact. Written into the job, so checkpoints record it.
+        job.model["l_max"] = int(job.data.crop)
     try:  # the model section is owned by sashimi; it names the bad key itself
         from sashimi.config import SaShiMiConfig
 

@@ -37,6 +37,7 @@ def test_paper_configs_match_the_paper():
     for name, lr, crop, quant in [("youtube-mix-8l", 4e-3, 128000, "mu-law"), ("beethoven-8l", 4e-3, 128000, "linear"),
                                   ("sc09-8l", 1e-3, 16000, "mu-law")]:
         job = load_job(REPO / "jobs" / f"{name}.yaml")
+        assert job.model.pop("l_max") == crop  # defaulted from data.crop: the DPLR kernel length
         assert job.model == {"d_model": 64, "n_layers": 8, "pool": [4, 4], "expand": 2, "ff": 2, "d_state": 64,
                              "dropout": 0.0, "kernel": "dplr"}
         assert (job.optim.lr, job.optim.weight_decay, job.optim.ssm_lr) == (lr, 0.0, 1e-3)
