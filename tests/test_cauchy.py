@@ -92,3 +92,23 @@ def test_auto_falls_back_with_one_warning(monkeypatch):
         cauchy(*_inputs(4, 4), backend="keops")
     with pytest.raises(ValueError, match="unknown Cauchy backend"):
         cauchy(*_inputs(4, 4), backend="fast")
+
+
+def test_auto_survives_keops_failing_at_use_time(monkeypatch):
+    """PyKeOps passed its self-check but fails on first real use (e.g. no nvcc on a GPU node)."""
+    from sashimi.cauchy import keops
+
+    def boom(*a, **k):
+        raise RuntimeError("nvcc not found")
+
+    monkeypatch.setattr(keops, "_STATE", {"ok": True})
+    monkeypatch.setattr(keops, "_run", boom)
+    monkeypatch.setattr(cauchy_mod, "resolve_backend", lambda b, d: "keops" if b == "auto" else b)
+    v, z, w = _inputs(50, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = cauchy(v, z, w, "auto")
+    assert torch.allclose(out, cauchy(v, z, w, "naive"), rtol=1e-10, atol=1e-10)
+    assert any("failed" in str(c.message) for c in caught) and keops._STATE["ok"] is False
+    with pytest.raises(RuntimeError, match="unavailable"):
+        cauchy(v, z, w, "keops")  # an explicit request still fails loudly

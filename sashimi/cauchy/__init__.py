@@ -48,4 +48,10 @@ def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: str = "au
         return cauchy_naive(v, z, w)
     if name == "chunked":
         return cauchy_chunked(v, z, w)
+    if backend == "auto":  # the self-check ran on the CPU; a CUDA build can still fail on first use
+        try:
+            return _keops.cauchy_keops(v, z, w)
+        except Exception as exc:  # noqa: BLE001  (any compile/runtime failure: fall back, once)
+            _keops.disable(f"{type(exc).__name__} on {v.device}")
+            return cauchy_chunked(v, z, w)
     return _keops.cauchy_keops(v, z, w)

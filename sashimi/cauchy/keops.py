@@ -48,6 +48,13 @@ def available() -> bool:
     return ok
 
 
+def disable(why: str) -> None:
+    """Turn the backend off for this process after a failure at use time (one warning)."""
+    if _STATE.get("ok", True):
+        warnings.warn(f"PyKeOps Cauchy backend failed ({why}); using the chunked backend", stacklevel=3)
+    _STATE["ok"] = False
+
+
 def _run(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     v, w = torch.broadcast_tensors(v, w.unsqueeze(-2))  # the M numerators become batch rows
     batch = v.shape[:-1]
