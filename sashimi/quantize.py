@@ -46,20 +46,21 @@ def linear_decode(c: torch.Tensor, bits: int = 8) -> torch.Tensor:
     return 2 * c.to(torch.float32) / mu - 1
 
 
+_CODECS = {"mu-law": (mu_law_encode, mu_law_decode), "linear": (linear_encode, linear_decode)}
+
+
+def _codec(method: str):
+    if method not in _CODECS:
+        raise ValueError(f"unknown quantisation {method!r}; expected one of {METHODS}")
+    return _CODECS[method]
+
+
 def quantize(x: torch.Tensor, method: str, bits: int = 8) -> torch.Tensor:
-    if method == "mu-law":
-        return mu_law_encode(x, bits)
-    if method == "linear":
-        return linear_encode(x, bits)
-    raise ValueError(f"unknown quantisation {method!r}; expected one of {METHODS}")
+    return _codec(method)[0](x, bits)
 
 
 def dequantize(c: torch.Tensor, method: str, bits: int = 8) -> torch.Tensor:
-    if method == "mu-law":
-        return mu_law_decode(c, bits)
-    if method == "linear":
-        return linear_decode(c, bits)
-    raise ValueError(f"unknown quantisation {method!r}; expected one of {METHODS}")
+    return _codec(method)[1](c, bits)
 
 
 def zero_class(bits: int = 8) -> int:

@@ -38,3 +38,10 @@ def test_nll_bits():
     total, count = nll_bits_sum(logits, targets, mask)
     assert count == 4 and total < 1e-5
     assert torch.equal(shift_inputs(torch.tensor([[5, 6, 7]])), torch.tensor([[128, 5, 6]]))
+
+
+def test_unknown_method_is_named():
+    import pytest
+
+    with pytest.raises(ValueError, match="'ulaw'"):
+        quantize(torch.zeros(2), "ulaw")
