@@ -64,17 +64,20 @@ def prime_state(model: SaShiMi, prime: torch.Tensor) -> tuple[torch.Tensor, SaSh
 @torch.inference_mode()
 def generate(model: SaShiMi, n_samples: int, batch: int = 1, temperature: float = 1.0, top_p: float = 1.0,
              prime: torch.Tensor | None = None, seed: int | None = None, threads: int | None = 1,
-             progress: bool = False, compile: bool = False) -> torch.Tensor:
+             progress: bool = False, compile: bool = False, return_logprobs: bool = False):
     """Sample ``n_samples`` tokens per sequence after an optional ``prime`` (B, P) -> (B, n_samples).
 
     ``compile=True`` fuses each tier's step with torch.compile: ~3x faster per sample after a
-    one-off compilation of about a minute, so it pays off for long generations."""
+    one-off compilation of about a minute, so it pays off for long generations.
+    ``return_logprobs=True`` also returns (B, n_samples) float64 natural-log probabilities of the
+    drawn tokens under the model itself (temperature 1, no nucleus): the sample's log-likelihood."""
     was_training = model.training
     model.eval()
     device = model.head.weight.device
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else torch.seed())
     out = torch.empty(batch if prime is None else prime.shape[0], n_samples, dtype=torch.long, device=device)
+    logp = torch.empty(out.shape, dtype=torch.float64, device=device) if return_logprobs else None
     model.compile_step(compile)
     settings = _compile_settings(device) if compile else contextlib.nullcontext()
     with torch_threads(threads), settings:
@@ -92,7 +95,17 @@ def generate(model: SaShiMi, n_samples: int, batch: int = 1, temperature: float 
         for t in steps:
             tok = sample_logits(logits, temperature, top_p, gen)
             out[:, t] = tok
+            if logp is not None:
+                logp[:, t] = torch.log_softmax(logits.double(), -1).gather(-1, tok[:, None])[:, 0]
             if t + 1 < n_samples:
                 logits, state = model.step(tok, state)
     model.train(was_training)
-    return out
+    return (out, logp) if return_logprobs else out
+
+
+@torch.inference_mode()
+def conv_log_probs(model: SaShiMi, tokens: torch.Tensor) -> torch.Tensor:
+    """Natural-log probability of every token of (B, L) given the ones before it, in convolution
+    mode (B, L) float64: scores a finished sequence independently of the step-mode sampler."""
+    logits = model(shift_inputs(tokens, zero_class()))
+    return torch.log_softmax(logits.double(), -1).gather(-1, tokens[..., None])[..., 0]

@@ -1,0 +1,121 @@
+"""sashimi-generate end to end: greedy == conv argmax, JSON NLL == conv NLL == sampler's log-probs,
+priming from a file, the checkpoint's own quantisation and sample rate."""
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cluster.generate_cli import main
+from sashimi.metrics import shift_inputs
+from sashimi.quantize import linear_decode, mu_law_decode, mu_law_encode
+from test_gen_eval_helpers import make_checkpoint
+
+
+def _run(tmp_path, ckpt, *args):
+    out = tmp_path / "gen"
+    assert main([str(ckpt), "--out", str(out), "--quiet", *args]) == 0
+    return out, json.loads((out / "generation.json").read_text())
+
+
+def _conv(net, seq):
+    with torch.no_grad():
+        return net(shift_inputs(seq[None], 128))[0]
+
+
+def test_greedy_equals_conv_argmax_and_nll_matches(tmp_path):
+    ckpt, net, _ = make_checkpoint(tmp_path / "ck")
+    out, rep = _run(tmp_path, ckpt, "--seconds", "0.1", "--sample-rate", "1000", "--batch", "2",
+                    "--temperature", "0", "--seed", "1")
+    assert rep["generated_samples"] == 100 and rep["sample_rate_from"] == "--sample-rate" and rep["step"] == 7
+    for s in rep["samples"]:
+        tok = torch.from_numpy(np.load(out / s["tokens"]).astype(np.int64))
+        logits = _conv(net, tok)
+        assert torch.equal(logits.argmax(-1), tok)  # greedy step-mode sampling == conv-mode argmax
+        bits = float(F.cross_entropy(logits.double(), tok, reduction="sum")) / math.log(2)
+        assert s["bits_sum"] == pytest.approx(bits, rel=1e-9)
+        assert s["bits_mean"] == pytest.approx(bits / 100, rel=1e-9)
+        assert s["step_bits_sum"] == pytest.approx(bits, rel=1e-5)  # sampler's per-step log-probs
+        wav, sr = sf.read(out / s["wav"], dtype="float32")
+        assert sr == 1000 and np.abs(wav - mu_law_decode(tok).numpy()).max() <= 1 / 32768 + 1e-7
+        img = Image.open(out / s["spectrogram"])
+        assert img.mode == "L" and min(img.size) > 1
+
+
+def test_sampled_nll_matches_sampler_log_probs(tmp_path):
+    ckpt, net, _ = make_checkpoint(tmp_path / "ck", seed=3)
+    out, rep = _run(tmp_path, ckpt, "--seconds", "0.08", "--sample-rate", "1000", "--batch", "3",
+                    "--temperature", "0.9", "--top-p", "0.95", "--seed", "5")
+    toks = [np.load(out / s["tokens"]) for s in rep["samples"]]
+    assert len({t.tobytes() for t in toks}) == 3  # the batch samples independently
+    for s in rep["samples"]:  # NLL is at temperature 1 whatever the sampling temperature was
+        assert s["step_bits_sum"] == pytest.approx(s["bits_sum"], rel=1e-5)
+        assert s["bits_mean"] > 0
+
+
+def test_prime_file_quantised_like_training_and_continued(tmp_path):
+    ckpt, net, _ = make_checkpoint(tmp_path / "ck")
+    rng = np.random.default_rng(0)
+    stereo = (0.4 * rng.standard_normal((300, 2))).clip(-1, 1).astype(np.float32)
+    sf.write(tmp_path / "p.wav", stereo, 1000, subtype="FLOAT")
+    out, rep = _run(tmp_path, ckpt, "--seconds", "0.05", "--sample-rate", "1000", "--prime", str(tmp_path / "p.wav"),
+                    "--prime-seconds", "0.2", "--temperature", "0", "--batch", "2")
+    assert rep["prime"]["samples"] == 200
+    mono = torch.from_numpy(stereo.mean(1)[:200])
+    expect = mu_law_encode(2 * (mono - mono.min()) / (mono.max() - mono.min()) - 1)
+    for s in rep["samples"]:
+        tok = torch.from_numpy(np.load(out / s["tokens"]).astype(np.int64))
+        assert tok.shape == (250,) and torch.equal(tok[:200], expect)
+        logits = _conv(net, tok)
+        # stepping priming == conv mode: logits[t] predicts tok[t]; greedy continuation == conv argmax
+        assert torch.equal(logits[200:].argmax(-1), tok[200:])
+        bits = float(F.cross_entropy(logits[200:].double(), tok[200:], reduction="sum")) / math.log(2)
+        assert s["bits_sum"] == pytest.approx(bits, rel=1e-9)
+        assert s["step_bits_sum"] == pytest.approx(bits, rel=1e-5)
+    # a prime at another rate is resampled to the job's rate
+    sf.write(tmp_path / "p2.wav", stereo, 2000, subtype="FLOAT")
+    _, rep = _run(tmp_path, ckpt, "--seconds", "0.01", "--sample-rate", "1000", "--prime", str(tmp_path / "p2.wav"),
+                  "--prime-seconds", "0.1")
+    assert rep["prime"]["samples"] == 100
+
+
+def test_linear_checkpoint_decodes_linearly(tmp_path):
+    ckpt, _, _ = make_checkpoint(tmp_path / "ck", quantization="linear")
+    out, rep = _run(tmp_path, ckpt, "--seconds", "0.06", "--sample-rate", "1000", "--seed", "0")
+    assert rep["quantization"] == "linear"
+    s = rep["samples"][0]
+    tok = torch.from_numpy(np.load(out / s["tokens"]).astype(np.int64))
+    wav, _ = sf.read(out / s["wav"], dtype="float32")
+    assert np.abs(wav - linear_decode(tok).clamp(-1, 1).numpy()).max() <= 1 / 32768 + 1e-7
+    assert np.abs(wav - mu_law_decode(tok).numpy()).max() > 0.05  # not the official generator's mu-law
+
+
+def test_sample_rate_from_job_manifest(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text(json.dumps({
+        "schema_version": 1, "kind": "audio", "preset": "generic", "params": {}, "sample_rate": 2000,
+        "clip_samples": 2000, "splits": {}, "sources": {}}))
+    ckpt, _, _ = make_checkpoint(tmp_path / "ck", shards=str(shards))
+    out, rep = _run(tmp_path, ckpt, "--seconds", "0.02", "--seed", "0")
+    assert rep["sample_rate"] == 2000 and rep["generated_samples"] == 40
+    assert sf.info(str(out / "sample_000.wav")).samplerate == 2000
+    ckpt2, _, _ = make_checkpoint(tmp_path / "ck2")  # shards gone: the documented default
+    _, rep = _run(tmp_path, ckpt2, "--seconds", "0.001", "--seed", "0")
+    assert rep["sample_rate"] == 16000 and rep["sample_rate_from"] == "default"
+
+
+def test_errors_name_the_file(tmp_path, capsys):
+    assert main([str(tmp_path / "nope"), "--seconds", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "nope" in capsys.readouterr().err
+    ckpt, _, _ = make_checkpoint(tmp_path / "ck")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF junk")
+    assert main([str(ckpt), "--seconds", "0.01", "--prime", str(tmp_path / "bad.wav"), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.wav" in capsys.readouterr().err
+    pix, _, _ = make_checkpoint(tmp_path / "pix", quantization="none")
+    assert main([str(pix), "--seconds", "0.01", "--out", str(tmp_path / "o")]) == 2
+    assert "mnist_demo" in capsys.readouterr().err
