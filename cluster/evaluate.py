@@ -1,0 +1,203 @@
+"""``sashimi-eval``: test-set NLL of a checkpoint, in bits per byte (8-bit token), at full clip length.
+
+Every clip of the split is scored whole (padding excluded through the sample's ``length``), with
+the quantisation the checkpoint was trained with. Sums of (bits, counted samples) are kept per
+source file and merged by addition, so one process, several batches or several Ray workers give
+the same pooled mean: total bits / total samples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _empty() -> dict:
+    return {"bits": 0.0, "samples": 0, "clips": 0}
+
+
+def _add(into: dict, part: dict) -> None:
+    for k in ("bits", "samples", "clips"):
+        into[k] += part[k]
+
+
+def merge(results: list[dict]) -> dict:
+    """Add per-file (bits, samples, clips) sums of several shard lists."""
+    files: dict = {}
+    for r in results:
+        for name, v in r["files"].items():
+            _add(files.setdefault(name, _empty()), v)
+    return {"files": files}
+
+
+def _score_batch(model, items, device, files) -> None:
+    from sashimi.metrics import nll_bits_sum, shift_inputs
+    from sashimi.quantize import zero_class
+
+    tokens = torch.stack([t for t, _, _ in items]).to(device)
+    mask = torch.stack([m for _, m, _ in items]).to(device)
+    with torch.inference_mode():
+        logits = model(shift_inputs(tokens, zero_class()))
+    for i, (_, _, source) in enumerate(items):  # per clip, so each file's sum is exact
+        bits, n = nll_bits_sum(logits[i], tokens[i], mask[i])
+        f = files.setdefault(source, _empty())
+        f["bits"] += bits
+        f["samples"] += n
+        f["clips"] += 1
+
+
+def eval_shards(checkpoint: str, shards: list[str], batch: int = 1, device: str = "cpu",
+                progress: bool = False, total: int | None = None, threads: int | None = None) -> dict:
+    """Per-source-file NLL sums over every clip of ``shards`` (the unit a Ray worker runs)."""
+    from data_prep.schema import decode_sample
+    from data_prep.tarshard import iter_tar_samples
+
+    from .checkpoint import load_model
+    from .data import tokens_from_sample
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, job = load_model(checkpoint)
+    model.to(device)
+    quant = job["data"]["quantization"]
+    files: dict = {}
+    pending: list = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="eval", unit="clip", file=sys.stderr)
+    rng = random.Random(0)  # unused: crop=None scores the whole clip from its start
+    for path in shards:
+        for raw in iter_tar_samples(path):
+            try:
+                sample = decode_sample(raw)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
+            tokens, mask = tokens_from_sample(sample, None, quant, rng)
+            source = str(sample.meta.get("source", Path(path).name))
+            if pending and (len(pending) == batch or pending[0][0].shape != tokens.shape):
+                _score_batch(model, pending, device, files)
+                if bar is not None:
+                    bar.update(len(pending))
+                pending = []
+            pending.append((tokens, mask, source))
+    if pending:
+        _score_batch(model, pending, device, files)
+        if bar is not None:
+            bar.update(len(pending))
+    if bar is not None:
+        bar.close()
+    return {"files": files}
+
+
+def split_round_robin(items: list, n: int) -> list[list]:
+    """n non-empty, size-balanced slices (fewer if there are fewer items)."""
+    n = max(1, min(n, len(items)))
+    return [items[i::n] for i in range(n)]
+
+
+def eval_with_ray(checkpoint: str, shards: list[str], workers: int, batch: int, progress: bool) -> dict:
+    """Shard lists on ``workers`` CPU Ray tasks; the sums come back and are added here."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    task = ray.remote(num_cpus=1)(eval_shards)
+    refs = [task.remote(str(Path(checkpoint).resolve()), part, batch, "cpu", False, None, 1)
+            for part in split_round_robin(shards, workers)]
+    results, left = [], list(refs)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(refs), desc=f"eval ({len(refs)} ray tasks)", unit="task", file=sys.stderr)
+    while left:
+        done, left = ray.wait(left, num_returns=1)
+        results.append(ray.get(done[0]))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return merge(results)
+
+
+def summarise(files: dict) -> dict:
+    """Per-file and overall bits per byte; the overall mean weights files by counted samples."""
+    total = _empty()
+    out = {}
+    for name in sorted(files):
+        v = files[name]
+        _add(total, v)
+        out[name] = {**v, "bits_per_byte": v["bits"] / max(v["samples"], 1)}
+    return {"overall": {**total, "bits_per_byte": total["bits"] / max(total["samples"], 1)}, "files": out}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="sashimi-eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="checkpoint directory (or its state.pt)")
+    p.add_argument("--data", required=True, help="shard directory (sashimi-prep output, with manifest.json)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", help="JSON file to write (default: print only)")
+    p.add_argument("--batch", type=int, default=1, help="clips per forward pass (equal-length clips batch)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (single-process evaluation)")
+    p.add_argument("--workers", type=int, default=1, help="Ray CPU tasks, shards split between them")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    if a.batch < 1 or a.workers < 1:
+        p.error("--batch and --workers must be >= 1")
+    return a
+
+
+def main(argv=None) -> int:
+    from data_prep.manifest import ManifestError, load_manifest, shard_paths
+
+    from .checkpoint import job_of, load_state
+
+    a = parse_args(argv)
+    try:
+        state = load_state(a.checkpoint)
+        job = job_of(state)
+    except Exception as e:  # missing file, not a checkpoint, wrong format version
+        print(f"sashimi-eval: {a.checkpoint}: cannot load checkpoint: {e}", file=sys.stderr)
+        return 2
+    step = int(state["step"])
+    del state
+    try:
+        shards = shard_paths(a.data, a.split)
+        clips = load_manifest(a.data)["splits"][a.split].get("clips")
+    except ManifestError as e:
+        print(f"sashimi-eval: {e}", file=sys.stderr)
+        return 2
+    if not shards:
+        print(f"sashimi-eval: {a.data}: split {a.split!r} has no shards", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        if a.workers > 1:
+            res = eval_with_ray(a.checkpoint, shards, a.workers, a.batch, not a.quiet)
+        else:
+            res = eval_shards(a.checkpoint, shards, a.batch, a.device, not a.quiet, clips)
+    except ValueError as e:
+        print(f"sashimi-eval: {e}", file=sys.stderr)
+        return 2
+    report = {"checkpoint": str(Path(a.checkpoint).resolve()), "step": step, "job": job.get("name"),
+              "data": str(Path(a.data).resolve()), "split": a.split, "shards": len(shards),
+              "quantization": job["data"]["quantization"], "unit": "bits per byte (8-bit token), padding excluded",
+              "workers": a.workers, "seconds": round(time.perf_counter() - t0, 3), **summarise(res["files"])}
+    o = report["overall"]
+    print(f"sashimi-eval: {a.split}: {o['bits_per_byte']:.4f} bits/byte over {o['clips']} clips "
+          f"({o['samples']} samples, {len(report['files'])} files) in {report['seconds']:.1f} s")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
