@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PrepError, ManifestError, FileNotFoundError, ValueError) as e:
         print(f"sashimi-prep: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("sashimi-prep: interrupted; no manifest written, rerun to rebuild", file=sys.stderr)
+        return 130
 
 
 def _run(args) -> int:

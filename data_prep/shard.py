@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
@@ -142,8 +143,25 @@ def _results(tasks: list[FileTask], workers: int):
     ex = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn"), initializer=init_worker)
     try:
         yield from ex.map(process_file, tasks, chunksize=chunk)
-    finally:  # on Ctrl-C / error, don't wait for the queued files
-        ex.shutdown(wait=True, cancel_futures=True)
+    except BrokenProcessPool:
+        _kill_pool(ex)
+        raise PrepError("a decode worker process died (a crash inside the audio decoder, or out of memory); "
+                        "rerun with --workers 1 to see which file") from None
+    except BaseException:
+        # Ctrl-C or a writer error: waiting on the pool here can hang (and would finish
+        # every queued file first), so stop the workers outright.
+        _kill_pool(ex)
+        raise
+    ex.shutdown(wait=True)
+
+
+def _kill_pool(ex: ProcessPoolExecutor) -> None:
+    procs = list(getattr(ex, "_processes", {}).values())  # no public API to stop running work
+    for p in procs:
+        p.terminate()
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.join(timeout=5)
 
 
 def shard_folder(

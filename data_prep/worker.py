@@ -6,6 +6,7 @@ Workers return encoded bytes (smaller to ship back than float arrays); the paren
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 from .audio_io import WORKER_ENV, BadAudio, load_mono
@@ -38,9 +39,14 @@ class FileResult:
 
 
 def init_worker() -> None:
-    """Pool initializer: one torch/OpenMP thread per worker process."""
+    """Pool initializer: one torch/OpenMP thread per worker; Ctrl-C is the parent's to handle.
+
+    A KeyboardInterrupt inside a ProcessPoolExecutor worker can leave the pool hung at
+    shutdown, so workers ignore SIGINT and the parent cancels queued files instead.
+    """
     os.environ[WORKER_ENV] = "1"
     os.environ["OMP_NUM_THREADS"] = "1"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def process_file(task: FileTask) -> FileResult:

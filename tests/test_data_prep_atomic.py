@@ -74,3 +74,20 @@ def test_manifest_removed_before_rebuild(demo, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         shard_folder(demo, out, "generic", **KW)
     assert not (out / "manifest.json").exists()  # old manifest no longer claims completeness
+
+
+def test_error_in_parent_stops_worker_pool_promptly(demo, tmp_path, monkeypatch):
+    """A failure while writing must not hang on (or finish) the queued pool work."""
+    import time
+
+    from data_prep.tarshard import AtomicShardWriter
+
+    def fail(self, sample):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(AtomicShardWriter, "write", fail)
+    t0 = time.perf_counter()
+    with pytest.raises(OSError, match="disk full"):
+        shard_folder(demo, tmp_path / "out", "generic", clip_seconds=1.0, workers=2, progress=False)
+    assert time.perf_counter() - t0 < 60
+    assert not (tmp_path / "out/manifest.json").exists() and not list((tmp_path / "out").rglob("*.tar*"))
