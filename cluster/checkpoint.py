@@ -5,13 +5,30 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 STATE_FILE = "state.pt"
 FORMAT_VERSION = 1
+_DIR_RE = re.compile(r"^checkpoint_step(\d+)(?:-.*)?$")
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "data", "rng", "job_json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (torn, truncated, not a tensor-only file, non-finite weights);
+    the message names the file and the reason."""
+
+
+class NonFiniteCheckpointError(CheckpointError):
+    """Refusing to save (or resume from) weights that contain NaN or Inf."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was written by a run whose model config differs from the current job's."""
 
 
 def capture_rng() -> dict:
@@ -89,7 +106,29 @@ def make_state(*, model_state: dict, optimizer_state: dict, scheduler_state: dic
     }
 
 
+def nonfinite_entries(tensors: dict) -> list[str]:
+    """Names of floating/complex tensors in `tensors` that hold NaN or Inf."""
+    bad = []
+    for k, v in tensors.items():
+        if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) and not bool(
+                torch.isfinite(v).all()):
+            bad.append(k)
+    return bad
+
+
+def check_finite(state: dict, where: str = "checkpoint") -> None:
+    """Raise NonFiniteCheckpointError if any model weight or optimiser moment is NaN/Inf."""
+    bad = [f"model.{k}" for k in nonfinite_entries(state["model"])]
+    for pid, st in (state.get("optimizer") or {}).get("state", {}).items():
+        bad += [f"optimizer.state[{pid}].{k}" for k in nonfinite_entries(st)]
+    if bad:
+        raise NonFiniteCheckpointError(f"{where}: non-finite values in {', '.join(bad[:5])}"
+                                       f"{' ...' if len(bad) > 5 else ''} ({len(bad)} tensor(s))")
+
+
 def save_checkpoint_dir(directory: str | os.PathLike, state: dict) -> Path:
+    """Write state.pt atomically; refuses (NonFiniteCheckpointError, nothing written) non-finite weights."""
+    check_finite(state, f"refusing to save checkpoint in {directory} at step {state.get('step')}")
     return atomic_torch_save(state, Path(directory) / STATE_FILE)
 
 
@@ -120,11 +159,125 @@ def load_model(path: str | os.PathLike, map_location="cpu"):
     return model.eval(), job
 
 
+def step_of_dir(path: str | os.PathLike) -> int | None:
+    """The step in a checkpoint directory's name (checkpoint_step<9 digits>[-suffix]), else None."""
+    m = _DIR_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint directories of a run, oldest first: by step, then by modification time (a directory
+    written after a fallback resume carries a suffix and may share its step with a torn one)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [d for d in run_dir.iterdir() if d.is_dir() and step_of_dir(d) is not None]
+    return sorted(found, key=lambda d: (step_of_dir(d), d.stat().st_mtime_ns, d.name))
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """Newest checkpoint directory under a run dir (the train loop names them checkpoint_step<9 digits>)."""
-    found = sorted(d for d in Path(run_dir).glob("checkpoint_step*") if (d / STATE_FILE).is_file())
+    """Newest checkpoint directory under a run dir that has a state file (not checked for validity:
+    see latest_valid_checkpoint)."""
+    found = [d for d in list_checkpoints(run_dir) if (d / STATE_FILE).is_file()]
     return found[-1] if found else None
 
 
-def checkpoint_dir_name(step: int) -> str:
-    return f"checkpoint_step{step:09d}"
+def checkpoint_dir_name(step: int, suffix: str = "") -> str:
+    return f"checkpoint_step{step:09d}" + (f"-{suffix}" if suffix else "")
+
+
+def validate_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint and check it is complete and finite; raise CheckpointError naming the file.
+    Catches what a crash mid-write leaves behind: missing or truncated state.pt, a zip with a
+    missing record, a payload without the keys every checkpoint has, NaN/Inf weights."""
+    path = Path(path)
+    file = path / STATE_FILE if path.is_dir() or not path.suffix else path
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing (checkpoint directory has {sorted(p.name for p in path.iterdir())})"
+                              if path.is_dir() else f"{file}: missing")
+    try:
+        state = load_state(file, map_location)
+    except Exception as e:  # truncated zip, bad pickle opcode, unsupported global, wrong format, ...
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"{file}: unreadable checkpoint ({type(e).__name__}: {first})") from None
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{file}: incomplete checkpoint, missing {missing}")
+    if not isinstance(state["step"], int) or state["step"] < 0:
+        raise CheckpointError(f"{file}: bad step {state['step']!r}")
+    try:
+        json.loads(state["job_json"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{file}: stored job is not valid JSON: {e}") from None
+    check_finite(state, str(file))
+    return state
+
+
+def resolve_resume(candidate: str | os.PathLike | None, run_dir: str | os.PathLike | None,
+                   log: Callable[[str], None] = print) -> tuple[dict | None, Path | None, list[str]]:
+    """Pick the checkpoint to resume from: `candidate` (what Ray's get_checkpoint() gave) if it is
+    valid, else the newest valid older checkpoint in `run_dir` (Ray keeps `checkpoint.keep` of them).
+    Returns (state, path, problems), problems naming each checkpoint passed over; (None, None, [])
+    when there is nothing to resume. Raises CheckpointError if checkpoints exist but none is valid."""
+    if candidate is None:
+        return None, None, []
+    candidate = Path(candidate)
+    problems = []
+    try:
+        return validate_checkpoint(candidate), candidate, problems
+    except CheckpointError as e:
+        problems.append(str(e))
+        log(f"checkpoint {candidate} is invalid, looking for an older valid one: {e}")
+    limit = step_of_dir(candidate)
+    older = [d for d in list_checkpoints(run_dir) if d.resolve() != candidate.resolve()] if run_dir else []
+    if limit is not None:
+        older = [d for d in older if step_of_dir(d) <= limit]
+    for d in reversed(older):
+        try:
+            state = validate_checkpoint(d)
+        except CheckpointError as e:
+            problems.append(str(e))
+            log(f"checkpoint {d} is invalid too: {e}")
+            continue
+        log(f"falling back to the newest valid checkpoint {d} (step {state['step']}); "
+            f"skipped {len(problems)} invalid checkpoint(s)")
+        return state, d, problems
+    raise CheckpointError(f"no valid checkpoint to resume from in {run_dir or candidate.parent}: "
+                          + "; ".join(problems) + " -- delete the broken checkpoint directories or start over "
+                          "with --fresh")
+
+
+COMPARED_JOB_KEYS = ("data.quantization",)  # besides every model.* key
+
+
+def config_mismatch(stored_job: dict, job: dict) -> list[str]:
+    """Differences that make a checkpoint unusable for `job`: model config (normalised through
+    SaShiMiConfig, so defaults spelled out or omitted compare equal) and data.quantization.
+    Returns 'key: checkpoint X, job Y' strings (empty when compatible)."""
+    from sashimi.config import SaShiMiConfig
+
+    def model_of(j):
+        try:
+            return SaShiMiConfig.from_dict(j.get("model") or {}).to_dict()
+        except (ValueError, TypeError):
+            return dict(j.get("model") or {})
+
+    a, b = model_of(stored_job), model_of(job)
+    out = [f"model.{k}: checkpoint {a.get(k)!r}, job {b.get(k)!r}" for k in sorted(set(a) | set(b))
+           if a.get(k) != b.get(k)]
+    for dotted in COMPARED_JOB_KEYS:
+        sec, key = dotted.split(".")
+        va, vb = (stored_job.get(sec) or {}).get(key), (job.get(sec) or {}).get(key)
+        if va != vb:
+            out.append(f"{dotted}: checkpoint {va!r}, job {vb!r}")
+    return out
+
+
+def check_compatible(stored_job: dict, job: dict, checkpoint_path: str | os.PathLike) -> None:
+    """Raise CheckpointMismatchError naming every differing key."""
+    diff = config_mismatch(stored_job, job)
+    if diff:
+        raise CheckpointMismatchError(
+            f"checkpoint {checkpoint_path} was written with a different model config than job "
+            f"{job.get('name')!r} now has: {'; '.join(diff)}. Restore those values, or start a new run "
+            f"(a new `name`, or --fresh to delete this one)")

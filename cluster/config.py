@@ -23,6 +23,7 @@ class DataConfig:
     loader_workers: int = 0  # DataLoader processes per Ray worker (0 = in the training process)
     shuffle_buffer: int = 64  # samples buffered for shuffling within a rank's stream
     demo_minutes: Optional[float] = None  # if set and the shards are missing, build the demo corpus there
+    on_bad_sample: Literal["skip", "stop"] = "skip"  # truncated shard / undecodable sample: log + skip, or fail
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TrainingConfig:
     grad_accum: int = 1  # micro-batches per optimiser step
     clip_norm: Optional[float] = 1.0  # null = no clipping
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is used only on GPU
+    max_nonfinite_steps: int = 10  # NaN/Inf loss or gradients: skip the step; stop after this many in a row
 
 
 @dataclass
@@ -110,6 +112,7 @@ _CHECKS = {
     "training.batch_per_worker": (lambda v: v >= 1, ">= 1"),
     "training.grad_accum": (lambda v: v >= 1, ">= 1"),
     "training.clip_norm": (lambda v: v is None or v > 0, "> 0 or null"),
+    "training.max_nonfinite_steps": (lambda v: v >= 1, ">= 1"),
     "data.crop": (lambda v: v is None or v >= 2, ">= 2 or null"),
     "data.loader_workers": (lambda v: v >= 0, ">= 0"),
     "data.shuffle_buffer": (lambda v: v >= 1, ">= 1"),

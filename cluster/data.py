@@ -10,18 +10,26 @@ Exact resume: the stream is rebuilt at every checkpoint boundary ("segment") fro
 pure function of (job seed, rank, segment start step). A run resumed at step k therefore reads the
 very same batches an uninterrupted run reads from step k: no stream position has to be saved
 beyond the step count.
+
+Bad data (`data.on_bad_sample`): a truncated/corrupt tar or a sample that fails
+`data_prep.schema.decode_sample` (missing member, bad json, undecodable FLAC) is either logged with its
+shard and skipped ("skip") or raised as BadDataError naming the shard ("stop"). Skipping is local to a
+rank and cannot hang DDP: the resampled stream simply reads on, and every rank still yields exactly n
+batches. Shard members are only ever read as bytes (never extracted to disk, never unpickled): only the
+`json`, `flac` and `u8` members are decoded, by json / libsndfile / numpy.
 """
 from __future__ import annotations
 
 import hashlib
 import random
+import sys
 from typing import Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 
-from data_prep.schema import decode_sample
+from data_prep.schema import SampleError, decode_sample
 from sashimi.quantize import minmax_scale, quantize, zero_class
 
 
@@ -29,6 +37,89 @@ def mix_seed(*parts: int) -> int:
     """A stable 63-bit seed from integers (hash() of tuples is salted per process for str; avoid it)."""
     h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
+
+
+class BadDataError(RuntimeError):
+    """A bad shard or sample under data.on_bad_sample=stop, or nothing decodable at all; names the shard.
+    str() is the message alone, even after webdataset appends the stream and url to args."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+MAX_BAD_IN_A_ROW = 1000  # skipping never spins forever: this many bad items without a good sample is fatal
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"[sashimi] {msg}\n")
+    sys.stderr.flush()
+
+
+def _shard_of(exn: BaseException) -> str:
+    """The shard path webdataset appended to an exception's args (last string arg), if any."""
+    strs = [a for a in getattr(exn, "args", ()) if isinstance(a, str)]
+    for a in reversed(strs):
+        if a.endswith((".tar", ".tar.gz", ".tgz")) or "://" in a or "/" in a:
+            return a
+    return "<unknown shard>"
+
+
+class BadSamplePolicy:
+    """data.on_bad_sample for one pipeline: `tar_error` is the webdataset exception handler (unreadable or
+    truncated tar: the rest of that shard is skipped), `sample_error` handles a sample that fails to decode.
+    Each distinct problem is logged once per process; repeats are only counted."""
+
+    def __init__(self, mode: str = "skip", log=_log, max_in_a_row: int | None = None):
+        max_in_a_row = MAX_BAD_IN_A_ROW if max_in_a_row is None else max_in_a_row
+        if mode not in ("skip", "stop"):
+            raise ValueError(f"data.on_bad_sample must be 'skip' or 'stop', got {mode!r}")
+        self.mode, self.log, self.max_in_a_row = mode, log, max_in_a_row
+        self.skipped, self.in_a_row, self.seen = 0, 0, set()
+
+    def _skip(self, what: str) -> None:
+        self.skipped += 1
+        self.in_a_row += 1
+        if what not in self.seen and len(self.seen) < 1000:
+            self.seen.add(what)
+            self.log(f"data: skipping {what} (data.on_bad_sample=skip)")
+        if self.in_a_row >= self.max_in_a_row:
+            raise BadDataError(f"{self.in_a_row} bad shards/samples in a row and no good sample, last: {what}; "
+                               f"check the shard directory with `sashimi-prep verify`")
+
+    def tar_error(self, exn: BaseException) -> bool:
+        if isinstance(exn, BadDataError):  # our own verdict, passing back up through webdataset's handlers
+            raise exn
+        shard = _shard_of(exn)
+        msg = str(exn.args[0]) if getattr(exn, "args", None) else str(exn)
+        what = f"rest of shard {shard}: unreadable tar ({type(exn).__name__}: {msg.split(' @ ')[0][:200]})"
+        if self.mode == "stop":
+            raise BadDataError(f"shard {shard}: unreadable tar ({type(exn).__name__}: {msg[:300]}); "
+                               f"data.on_bad_sample=stop") from exn
+        self._skip(what)
+        return True
+
+    def sample_error(self, raw: dict, exn: SampleError) -> None:
+        shard = raw.get("__url__", "<unknown shard>")
+        if self.mode == "stop":
+            raise BadDataError(f"shard {shard}: {exn}; data.on_bad_sample=stop") from exn
+        self._skip(f"bad sample in shard {shard}: {exn}")
+
+    def good(self) -> None:
+        self.in_a_row = 0
+
+    def decode(self, raw: dict):
+        """decode_sample(raw), or None after handling a SampleError per the policy."""
+        try:
+            sample = decode_sample(raw)
+        except SampleError as e:
+            self.sample_error(raw, e)
+            return None
+        self.good()
+        return sample
 
 
 def _loader_worker_id() -> int:
@@ -62,8 +153,10 @@ def tokens_from_sample(sample, crop: int | None, quantization: str, rng: random.
 class CropShuffle:
     """Pipeline stage: decode, shuffle within a buffer, crop and quantise; RNG seeded per loader worker."""
 
-    def __init__(self, seed: int, crop: int | None, quantization: str, buffer: int):
+    def __init__(self, seed: int, crop: int | None, quantization: str, buffer: int,
+                 policy: BadSamplePolicy | None = None):
         self.seed, self.crop, self.quantization, self.buffer = seed, crop, quantization, buffer
+        self.policy = policy or BadSamplePolicy("stop")
 
     def __call__(self, src: Iterator[dict]):
         rng = random.Random(mix_seed(self.seed, _loader_worker_id(), 1))
@@ -73,7 +166,9 @@ class CropShuffle:
             if len(buf) < self.buffer:
                 continue
             item = buf.pop(rng.randrange(len(buf)))
-            yield tokens_from_sample(decode_sample(item), self.crop, self.quantization, rng)
+            sample = self.policy.decode(item)
+            if sample is not None:
+                yield tokens_from_sample(sample, self.crop, self.quantization, rng)
 
 
 def collate(items):
@@ -82,13 +177,15 @@ def collate(items):
 
 
 def train_loader(urls: list[str], *, seed: int, rank: int, start_step: int, n_batches: int, batch_size: int,
-                 crop: int | None, quantization: str, shuffle_buffer: int = 64, loader_workers: int = 0):
+                 crop: int | None, quantization: str, shuffle_buffer: int = 64, loader_workers: int = 0,
+                 on_bad_sample: str = "skip"):
     """Exactly `n_batches` batches (tokens (B, crop) int64, mask (B, crop) bool) for this rank's segment."""
     seg_seed = mix_seed(seed, rank, start_step)
+    policy = BadSamplePolicy(on_bad_sample)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seg_seed, worker_seed=_loader_worker_id, deterministic=True),
-        wds.tarfile_to_samples(handler=wds.reraise_exception),
-        CropShuffle(seg_seed, crop, quantization, shuffle_buffer),
+        wds.tarfile_to_samples(handler=policy.tar_error),
+        CropShuffle(seg_seed, crop, quantization, shuffle_buffer, policy),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     )
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=loader_workers,
@@ -97,15 +194,19 @@ def train_loader(urls: list[str], *, seed: int, rank: int, start_step: int, n_ba
 
 
 def val_batches(urls: list[str], *, n_batches: int, batch_size: int, crop: int | None, quantization: str,
-                seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                seed: int = 0, on_bad_sample: str = "skip") -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first `n_batches` batches of the val split in shard order, with seeded crops: the same
     examples at every evaluation, so val NLL is comparable across steps and across restarts."""
     rng = random.Random(mix_seed(seed, 7919))
     out, items = [], []
     if n_batches <= 0:
         return out
-    for raw in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.reraise_exception)):
-        items.append(tokens_from_sample(decode_sample(raw), crop, quantization, rng))
+    policy = BadSamplePolicy(on_bad_sample)
+    for raw in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=policy.tar_error)):
+        sample = policy.decode(raw)
+        if sample is None:
+            continue
+        items.append(tokens_from_sample(sample, crop, quantization, rng))
         if len(items) == batch_size:
             out.append(collate(items))
             items = []

@@ -14,6 +14,7 @@ from .config import JobConfig, JobConfigError
 from .jobs import is_uri, resolve_paths, shard_lists
 
 FORWARD_ENV_PREFIXES = ("SASHIMI_",)  # test hooks and user knobs reach workers of a local cluster
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -60,7 +61,29 @@ def prepare(job: JobConfig, where: str, fresh: bool = False, log=print) -> dict:
         if Path(run_dir).exists():
             log(f"[sashimi] --fresh: deleting {run_dir}")
             shutil.rmtree(run_dir)
+    if not is_uri(run_dir):
+        check_resume_compatible(job, run_dir, where, log)
     return {"job": job.to_dict(), "shards": shards, "sample_rate": sample_rate}
+
+
+def check_resume_compatible(job: JobConfig, run_dir: str, where: str, log=print) -> None:
+    """Before Ray starts: if the run dir holds checkpoints, the newest valid one must have been written
+    with the same model config (and quantisation) as the job now has; else JobConfigError naming the
+    differing keys. (The worker checks again against the checkpoint Ray actually hands it.)"""
+    from . import checkpoint as ck
+
+    for d in reversed(ck.list_checkpoints(run_dir)):
+        try:
+            stored = ck.job_of(ck.validate_checkpoint(d))
+        except ck.CheckpointError as e:
+            log(f"[sashimi] note: {e}")
+            continue
+        diff = ck.config_mismatch(stored, job.to_dict())
+        if diff:
+            raise JobConfigError(f"{where}: run {run_dir} has checkpoints written with a different config; resuming "
+                                 f"from {d.name} would fail: {'; '.join(diff)}. Restore those values, change `name` "
+                                 f"for a new run, or pass --fresh to delete this run")
+        return
 
 
 def run_dir_of(job: JobConfig) -> str:
@@ -76,10 +99,18 @@ def connect_ray(num_cpus: int | None = None) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return False
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env} if env else None,
-             configure_logging=False)
+    ray.init(**local_ray_init_kwargs(num_cpus))
     return True
+
+
+def local_ray_init_kwargs(num_cpus: int | None = None) -> dict:
+    """ray.init arguments for the local cluster we start: no dashboard (were it enabled: on 127.0.0.1
+    only). Ray's own GCS/raylet gRPC servers listen on the node's address whatever ray.init is told
+    (Ray resolves 127.0.0.1 to the routable IP on Linux); Ray 2.60 protects them with token auth."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
+    return {"num_cpus": num_cpus, "include_dashboard": False, "dashboard_host": LOOPBACK,
+            "runtime_env": {"env_vars": env} if env else None,
+            "configure_logging": False}
 
 
 def build_trainer(job: JobConfig, worker_cfg: dict):

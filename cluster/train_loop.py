@@ -9,8 +9,11 @@ states). Validation and generation themselves run on rank 0 only, on the unwrapp
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -23,6 +26,15 @@ FAULT_ENV = "SASHIMI_FAULT_AT_STEP"  # test-only: raise on one rank at this step
 FAULT_MARKER_ENV = "SASHIMI_FAULT_MARKER"  # file created when the fault fires; present = already fired
 FAULT_RANK_ENV = "SASHIMI_FAULT_RANK"
 FAULT_JOB_ENV = "SASHIMI_FAULT_JOB"  # optional: only the job with this name
+# Test-only fault plan, JSON keyed by job name: {"JOB": {"dir": MARKER_DIR, "kill": [[rank, step], ...],
+# "tear": [step, ...], "nan": [[rank, step], ...]}}. kill: SIGKILL the worker process after that optimiser
+# step; tear: after checkpoint `step` is persisted, truncate its state.pt and SIGKILL rank 0 (a crash while
+# writing). Each kill/tear fires once (a marker file in "dir"); nan poisons the loss on every attempt.
+TEST_FAULTS_ENV = "SASHIMI_TEST_FAULTS"
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive steps with NaN/Inf loss or gradients, or non-finite weights."""
 
 
 def _seed_all(seed: int) -> None:
@@ -46,6 +58,36 @@ def _maybe_inject_fault(step: int, rank: int, job_name: str) -> None:
     raise RuntimeError(f"injected fault at step {step} on rank {rank} ({FAULT_ENV})")
 
 
+def _test_faults(job_name: str) -> dict:
+    raw = os.environ.get(TEST_FAULTS_ENV)
+    return json.loads(raw).get(job_name, {}) if raw else {}
+
+
+def _fire_once(plan: dict, tag: str) -> bool:
+    """True the first time `tag` is seen for this plan (atomic marker file), False afterwards."""
+    marker = Path(plan["dir"]) / tag
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _maybe_kill(plan: dict, step: int, rank: int) -> None:
+    if [rank, step] in plan.get("kill", []) and _fire_once(plan, f"kill-r{rank}-s{step}"):
+        _say(f"test fault: SIGKILL rank {rank} after step {step}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _maybe_tear(plan: dict, step: int, rank: int, persisted: Path) -> None:
+    if rank == 0 and step in plan.get("tear", []) and _fire_once(plan, f"tear-s{step}"):
+        f = persisted / "state.pt"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        _say(f"test fault: truncated {f}; SIGKILL rank 0")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _say(msg: str) -> None:
     """Progress line to the worker's stdout (Ray forwards it to the driver / job logs). Not print():
     Ray Train V2 patches print to tee into its logger as well, which shows every line twice."""
@@ -65,6 +107,17 @@ def _memory_metrics(device) -> dict:
     if device.type == "cuda":
         out["memory/cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+def nonfinite_step(loss_sum: float, grad_norm: float, device, world: int) -> bool:
+    """Whether this step must be skipped: any rank saw a NaN/Inf loss or gradient norm. All-reduced
+    (MAX) across ranks when world > 1, so every rank takes the same decision (no divergence, no hang)."""
+    bad = not (math.isfinite(loss_sum) and math.isfinite(grad_norm))
+    if world > 1:
+        flag = torch.tensor([1.0 if bad else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        bad = bool(flag.item() > 0)
+    return bad
 
 
 @torch.no_grad()
@@ -125,22 +178,35 @@ def train_fn(cfg: dict) -> None:
     sched = LRSchedule(optimizer, s.kind, job.training.max_steps, s.warmup_steps, s.factor, s.patience,
                        s.threshold, s.min_lr_scale)
 
+    from .jobs import is_uri
+
     step = 0
     restored_rng = None
     resumed_from = -1
+    nonfinite_total = 0
+    ckpt_suffix = ""  # set after a fallback resume, so new checkpoints never reuse a torn one's name
+    run_dir = None if is_uri(job.checkpoint.storage) else Path(job.checkpoint.storage) / job.name
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = ckpt_io.load_state(d, map_location="cpu")  # RNG states must stay CPU tensors
+            # Ray hands out the newest checkpoint it registered; a crash while it was written leaves it
+            # torn, so validate it and fall back to the newest valid older one (kept per checkpoint.keep).
+            state, used, problems = ckpt_io.resolve_resume(
+                d, run_dir, log=_say if rank == 0 else (lambda m: None))  # RNG states stay CPU tensors
+        ckpt_io.check_compatible(ckpt_io.job_of(state), job.to_dict(), used)
+        if problems:
+            ckpt_suffix = f"r{int(time.time())}"
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = resumed_from = state["step"]
+        nonfinite_total = int(state.get("nonfinite_steps", 0))
         per_rank = state["rng"].get("per_rank")
         if per_rank is not None and len(per_rank) == world:
             restored_rng = per_rank[rank]
         if rank == 0:
-            _say(f"resumed from checkpoint at step {step}")
+            _say(f"resumed from checkpoint at step {step}" + (f" ({used.name}, after skipping "
+                 f"{len(problems)} invalid checkpoint(s))" if problems else ""))
     if restored_rng is not None:
         ckpt_io.restore_rng(restored_rng)
     else:  # fresh start, or a different world size: RNG is a pure function of (seed, rank, step)
@@ -160,6 +226,9 @@ def train_fn(cfg: dict) -> None:
     params = [p for p in raw_model.parameters() if p.requires_grad]
     clip = job.training.clip_norm if job.training.clip_norm is not None else float("inf")
     t_first = None
+    faults = _test_faults(job.name)
+    nan_steps = {s for r, s in faults.get("nan", []) if r == rank}
+    nonfinite_run = 0  # consecutive skipped steps (identical on every rank: the skip flag is all-reduced)
     window = {"time": 0.0, "data": 0.0, "steps": 0, "loss": 0.0}
     totals = {"time": 0.0, "data": 0.0, "steps": 0}  # this attempt, first step excluded (warm-up)
     model.train()
@@ -169,7 +238,7 @@ def train_fn(cfg: dict) -> None:
         loader = train_loader(cfg["shards"]["train"], seed=job.seed, rank=rank, start_step=step,
                               n_batches=(seg_end - step) * accum, batch_size=bs, crop=job.data.crop,
                               quantization=job.data.quantization, shuffle_buffer=job.data.shuffle_buffer,
-                              loader_workers=job.data.loader_workers)
+                              loader_workers=job.data.loader_workers, on_bad_sample=job.data.on_bad_sample)
         batches = iter(loader)
         while step < seg_end:
             t0 = time.perf_counter()
@@ -185,12 +254,33 @@ def train_fn(cfg: dict) -> None:
                     with autocast():
                         logits = model(shift_inputs(tokens, zero_class()))
                     loss = nll_bits(logits, tokens, mask)
+                    if step + 1 in nan_steps:
+                        loss = loss * float("nan")  # test hook: a poisoned batch
                     (loss / accum).backward()
                 loss_sum += float(loss.detach())
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            # NaN/Inf loss or gradients: skip the optimiser step on *every* rank (a rank that stepped alone
+            # would diverge from the others), zero the gradients, count it, stop after too many in a row.
+            skip = nonfinite_step(loss_sum, grad_norm, device, world)
+            if skip:
+                optimizer.zero_grad(set_to_none=True)
+                nonfinite_total += 1
+                nonfinite_run += 1
+                if rank == 0:
+                    _say(f"step {step + 1}: non-finite loss {loss_sum / accum} / grad norm {grad_norm}: "
+                         f"optimiser step skipped ({nonfinite_run} in a row, {nonfinite_total} in total)")
+                if nonfinite_run >= job.training.max_nonfinite_steps:
+                    raise NonFiniteTrainingError(
+                        f"job {job.name!r}: {nonfinite_run} consecutive steps (up to step {step + 1}) had "
+                        f"non-finite loss or gradients (training.max_nonfinite_steps="
+                        f"{job.training.max_nonfinite_steps}); stopping. Lower optim.lr, set training.clip_norm, "
+                        f"or check the data. The last good checkpoint is kept in {run_dir or job.checkpoint.storage}")
+            else:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                nonfinite_run = 0
             _maybe_inject_fault(step + 1, rank, job.name)
+            _maybe_kill(faults, step + 1, rank)
             step += 1
             dt = time.perf_counter() - t0
             if t_first is not None:
@@ -204,13 +294,16 @@ def train_fn(cfg: dict) -> None:
             window["time"] += dt
             window["data"] += data_wait
             window["steps"] += 1
-            window["loss"] += loss_sum / accum
+            window["loss"] += loss_sum / accum if not skip else 0.0
+            window["skipped"] = window.get("skipped", 0) + int(skip)
 
             if rank == 0 and (step % job.logging.every == 0 or step == job.training.max_steps):
                 n = window["steps"]
+                n_ok = max(n - window.get("skipped", 0), 1)
                 sps = n * bs * accum * world / max(window["time"], 1e-9)
-                scalars = {"train/loss_bits": window["loss"] / n, "train/lr": optimizer.param_groups[0]["lr"],
-                           "train/grad_norm": grad_norm, "perf/samples_per_s": sps,
+                scalars = {"train/loss_bits": window["loss"] / n_ok, "train/lr": optimizer.param_groups[0]["lr"],
+                           "train/grad_norm": grad_norm, "train/nonfinite_steps": nonfinite_total,
+                           "perf/samples_per_s": sps,
                            "perf/step_time_s": window["time"] / n, "perf/data_wait_s": window["data"] / n,
                            **_memory_metrics(device)}
                 writer.scalars(scalars, step)
@@ -219,7 +312,8 @@ def train_fn(cfg: dict) -> None:
                       f"data wait {1000 * window['data'] / n:.1f} ms/step")
                 window = {"time": 0.0, "data": 0.0, "steps": 0, "loss": 0.0}
 
-            metrics = {"step": step, "resumed_from": resumed_from, "first_step_unix": t_first}
+            metrics = {"step": step, "resumed_from": resumed_from, "first_step_unix": t_first,
+                       "nonfinite_steps": nonfinite_total}
             if totals["steps"]:
                 metrics["perf_samples_per_s"] = totals["steps"] * bs * accum * world / totals["time"]
                 metrics["perf_step_time_s"] = totals["time"] / totals["steps"]
@@ -230,7 +324,8 @@ def train_fn(cfg: dict) -> None:
                     if val is None:
                         val = val_batches(cfg["shards"]["val"], n_batches=job.eval.val_batches,
                                           batch_size=job.eval.val_batch_size, crop=job.data.crop,
-                                          quantization=job.data.quantization, seed=job.seed)
+                                          quantization=job.data.quantization, seed=job.seed,
+                                          on_bad_sample=job.data.on_bad_sample)
                     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                         val_nll.fill_(evaluate(raw_model, val, device, autocast))
                         writer.scalars({"val/nll_bits": float(val_nll)}, step)
@@ -244,6 +339,12 @@ def train_fn(cfg: dict) -> None:
                     _say(f"val NLL plateaued: lr scale now {sched.plateau_scale:g}")
 
             if step % every == 0 or step == job.training.max_steps:
+                # DDP keeps the weights identical on every rank, so all ranks reach the same verdict here
+                bad = ckpt_io.nonfinite_entries(raw_model.state_dict())
+                if bad:
+                    raise ckpt_io.NonFiniteCheckpointError(
+                        f"job {job.name!r}: weights are non-finite at step {step} ({', '.join(bad[:5])}); refusing "
+                        f"to save a checkpoint. The last good one is kept in {run_dir or job.checkpoint.storage}")
                 rng = ckpt_io.capture_rng()
                 per_rank = [None] * world
                 if world > 1:
@@ -256,11 +357,15 @@ def train_fn(cfg: dict) -> None:
                         scheduler_state=sched.state_dict(), step=step, data_seed=job.seed, world_size=world,
                         job=job.to_dict(), metrics={k: v for k, v in metrics.items() if k == "val_nll_bits"})
                     state["rng"]["per_rank"] = per_rank
+                    state["nonfinite_steps"] = nonfinite_total
+                    name = ckpt_io.checkpoint_dir_name(step, ckpt_suffix)
                     with tempfile.TemporaryDirectory() as tmp:
                         ckpt_io.save_checkpoint_dir(tmp, state)
                         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
-                                         checkpoint_dir_name=ckpt_io.checkpoint_dir_name(step))
+                                         checkpoint_dir_name=name)
                     writer.flush()
+                    if run_dir is not None:
+                        _maybe_tear(faults, step, rank, run_dir / name)
                 else:
                     ray.train.report(metrics, checkpoint=None)
         del batches, loader

@@ -1,0 +1,465 @@
+"""Reliability and security without Ray: torn/hostile checkpoints, non-finite steps and weights, bad
+shards and samples, hostile shard members, unsafe YAML, config drift, loopback-only servers."""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from cluster import checkpoint as ck
+from cluster import launch
+from cluster.config import JobConfigError
+from cluster.data import BadDataError, BadSamplePolicy, train_loader, val_batches
+from cluster.jobs import load_job
+from cluster.schedule import LRSchedule
+from cluster_helpers import make_demo_shards, tiny_job, write_job
+from data_prep.manifest import shard_paths
+from data_prep.schema import SampleError, decode_sample
+
+
+# ---------------------------------------------------------------- helpers
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("Ray was started")
+
+    import ray
+
+    monkeypatch.setattr(launch, "connect_ray", boom)
+    monkeypatch.setattr(ray, "init", boom)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_demo_shards(tmp_path_factory.mktemp("demo"))
+
+
+def _state(step: int, job: dict | None = None, weight=None) -> dict:
+    torch.manual_seed(step)
+    model = torch.nn.Linear(3, 2)
+    if weight is not None:
+        with torch.no_grad():
+            model.weight.copy_(weight)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = ck.make_state(model_state=model.state_dict(), optimizer_state=opt.state_dict(),
+                          scheduler_state=LRSchedule(opt, "constant", 10).state_dict(), step=step, data_seed=0,
+                          world_size=1, job=job or {"name": "x", "model": {"d_model": 8}})
+    state["rng"]["per_rank"] = [ck.capture_rng()]
+    return state
+
+
+def _run_dir(tmp_path, steps=(2, 4, 6)) -> Path:
+    run = tmp_path / "run"
+    for s in steps:
+        ck.save_checkpoint_dir(run / ck.checkpoint_dir_name(s), _state(s))
+    return run
+
+
+class Evil:
+    """Unpickling this runs Path.touch(marker): the side effect proves code would have executed."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+# ---------------------------------------------------------------- torn checkpoints
+
+@pytest.mark.parametrize("damage", ["truncate", "delete_file", "zero_bytes", "garbage"])
+def test_torn_newest_checkpoint_falls_back_to_newest_valid(tmp_path, damage):
+    run = _run_dir(tmp_path)
+    newest = run / ck.checkpoint_dir_name(6)
+    f = newest / ck.STATE_FILE
+    if damage == "truncate":
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif damage == "delete_file":
+        f.unlink()
+    elif damage == "zero_bytes":
+        f.write_bytes(b"")
+    else:
+        f.write_bytes(os.urandom(2000))
+    lines = []
+    state, used, problems = ck.resolve_resume(newest, run, log=lines.append)
+    assert used == run / ck.checkpoint_dir_name(4) and state["step"] == 4
+    assert len(problems) == 1 and str(newest) in problems[0]
+    assert any("invalid" in ln and str(newest) in ln for ln in lines)
+    assert any("falling back" in ln and ck.checkpoint_dir_name(4) in ln for ln in lines)
+    with pytest.raises(ck.CheckpointError, match=ck.checkpoint_dir_name(6)):
+        ck.validate_checkpoint(newest)
+
+
+def test_fallback_skips_several_and_fails_clearly_when_none_is_valid(tmp_path):
+    run = _run_dir(tmp_path)
+    for s in (6, 4):
+        (run / ck.checkpoint_dir_name(s) / ck.STATE_FILE).write_bytes(b"PK\x03\x04torn")
+    state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(6), run, log=lambda m: None)
+    assert state["step"] == 2 and len(problems) == 2
+    (run / ck.checkpoint_dir_name(2) / ck.STATE_FILE).unlink()
+    with pytest.raises(ck.CheckpointError, match=r"no valid checkpoint.*--fresh") as e:
+        ck.resolve_resume(run / ck.checkpoint_dir_name(6), run, log=lambda m: None)
+    for s in (2, 4, 6):
+        assert ck.checkpoint_dir_name(s) in str(e.value)
+
+
+def test_valid_candidate_is_used_as_is_and_newer_dirs_are_ignored(tmp_path):
+    run = _run_dir(tmp_path)
+    state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(4), run, log=lambda m: None)
+    assert used.name == ck.checkpoint_dir_name(4) and state["step"] == 4 and problems == []
+    assert ck.resolve_resume(None, run) == (None, None, [])
+
+
+def test_suffixed_checkpoint_after_fallback_sorts_after_torn_one(tmp_path):
+    run = _run_dir(tmp_path, steps=(2, 4))
+    (run / ck.checkpoint_dir_name(4) / ck.STATE_FILE).write_bytes(b"")
+    ck.save_checkpoint_dir(run / ck.checkpoint_dir_name(4, "r123"), _state(4))
+    assert [d.name for d in ck.list_checkpoints(run)][-1] == ck.checkpoint_dir_name(4, "r123")
+    assert ck.step_of_dir(run / ck.checkpoint_dir_name(4, "r123")) == 4
+    assert ck.step_of_dir(run / "tensorboard") is None
+
+
+def test_atomic_save_leaves_old_file_intact_on_crash(tmp_path, monkeypatch):
+    d = tmp_path / ck.checkpoint_dir_name(2)
+    ck.save_checkpoint_dir(d, _state(2))
+
+    def crash(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint_dir(d, _state(4))
+    monkeypatch.undo()
+    assert ck.validate_checkpoint(d)["step"] == 2
+    assert sorted(p.name for p in d.iterdir()) == [ck.STATE_FILE]  # no temp file left
+
+
+# ---------------------------------------------------------------- non-finite weights
+
+def test_save_refuses_nonfinite_weights_and_writes_nothing(tmp_path):
+    w = torch.zeros(2, 3)
+    w[0, 1] = float("nan")
+    with pytest.raises(ck.NonFiniteCheckpointError, match=r"refusing to save.*model\.weight"):
+        ck.save_checkpoint_dir(tmp_path / "c", _state(2, weight=w))
+    assert not (tmp_path / "c" / ck.STATE_FILE).exists()
+    s = _state(2)
+    s["optimizer"]["state"][0]["exp_avg_sq"][0, 0] = float("inf")
+    with pytest.raises(ck.NonFiniteCheckpointError, match=r"optimizer\.state\[0\]\.exp_avg_sq"):
+        ck.save_checkpoint_dir(tmp_path / "c", s)
+    ck.save_checkpoint_dir(tmp_path / "c", _state(2))  # finite: saved
+
+
+def test_checkpoint_with_nonfinite_weights_is_not_resumed_from(tmp_path):
+    run = _run_dir(tmp_path, steps=(2,))
+    bad = _state(4)
+    bad["model"]["bias"][0] = float("inf")
+    ck.atomic_torch_save(bad, run / ck.checkpoint_dir_name(4) / ck.STATE_FILE)  # bypasses the save check
+    state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(4), run, log=lambda m: None)
+    assert state["step"] == 2 and "non-finite" in problems[0] and "model.bias" in problems[0]
+
+
+def test_nonfinite_step_flag():
+    from cluster.train_loop import nonfinite_step
+
+    cpu = torch.device("cpu")
+    assert nonfinite_step(float("nan"), 1.0, cpu, 1) and nonfinite_step(1.0, float("inf"), cpu, 1)
+    assert nonfinite_step(float("-inf"), float("nan"), cpu, 1) and not nonfinite_step(3.2, 0.5, cpu, 1)
+
+
+def _agree_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    from cluster.train_loop import nonfinite_step
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        # only rank 1 sees a NaN loss; every rank must decide to skip, and a finite step must not be skipped
+        decisions = [nonfinite_step(float("nan") if rank == 1 else 1.0, 1.0, torch.device("cpu"), world),
+                     nonfinite_step(1.0, 1.0, torch.device("cpu"), world)]
+        Path(out, f"r{rank}").write_text(repr(decisions))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_ranks_agree_to_skip_a_step_only_one_rank_saw_as_nonfinite(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_agree_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    assert [(tmp_path / f"r{r}").read_text() for r in (0, 1)] == ["[True, False]", "[True, False]"]
+
+
+# ---------------------------------------------------------------- hostile checkpoints
+
+def test_checkpoint_with_pickled_code_does_not_execute(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = {**_state(2), "evil": Evil(marker)}
+    d = tmp_path / ck.checkpoint_dir_name(2)
+    d.mkdir()
+    torch.save(payload, d / ck.STATE_FILE)  # plain pickle: the kind of file an attacker would plant
+    with pytest.raises(Exception, match="(?i)weights only|unsupported global|not allowed"):
+        ck.load_state(d)
+    with pytest.raises(ck.CheckpointError, match=ck.STATE_FILE):
+        ck.validate_checkpoint(d)
+    with pytest.raises(Exception):
+        ck.load_model(d)
+    assert not marker.exists()
+    # the payload is live: an unsafe load would have run it
+    torch.load(d / ck.STATE_FILE, weights_only=False)
+    assert marker.exists()
+
+
+# ---------------------------------------------------------------- config drift
+
+def test_config_mismatch_names_the_keys():
+    job = {"name": "j", "model": {"d_model": 16, "n_layers": 1}, "data": {"quantization": "mu-law"}}
+    same_spelled_out = {"name": "j", "model": {"d_model": 16, "n_layers": 1, "pool": [4, 4]},
+                        "data": {"quantization": "mu-law"}}
+    from sashimi.config import SaShiMiConfig
+
+    if list(SaShiMiConfig().pool) == [4, 4]:
+        assert ck.config_mismatch(job, same_spelled_out) == []
+    other = {"name": "j", "model": {"d_model": 8, "n_layers": 1}, "data": {"quantization": "linear"}}
+    diff = ck.config_mismatch(job, other)
+    assert diff == ["model.d_model: checkpoint 16, job 8", "data.quantization: checkpoint 'mu-law', job 'linear'"]
+    with pytest.raises(ck.CheckpointMismatchError, match=r"model\.d_model: checkpoint 16, job 8"):
+        ck.check_compatible(job, other, "/runs/j/checkpoint_step000000002")
+
+
+def test_resuming_with_changed_model_fails_before_ray(tmp_path, shards, no_ray):
+    storage = tmp_path / "runs"
+    path = write_job(tmp_path / "j.yaml", tiny_job(shards, storage, "drift"))
+    job = load_job(path)
+    stored = job.to_dict()
+    stored["data"]["shards"] = str(shards)
+    ck.save_checkpoint_dir(storage / "drift" / ck.checkpoint_dir_name(2), _state(2, job=stored))
+    launch.prepare(load_job(path), str(path))  # same config: fine
+    with pytest.raises(JobConfigError, match=r"j\.yaml.*model\.d_model: checkpoint 16, job 8.*--fresh"):
+        launch.prepare(load_job(path, ["model.d_model=8"]), str(path))
+    from cluster import cli
+
+    assert cli.main([str(path), "model.d_model=8"]) == 2
+    launch.prepare(load_job(path, ["model.d_model=8"]), str(path), fresh=True)  # --fresh: allowed
+    assert not (storage / "drift").exists()
+
+
+# ---------------------------------------------------------------- bad job inputs (beyond test_cluster_config)
+
+BAD_JOBS = [
+    ("on_bad_sample enum", {"data": {"on_bad_sample": "ignore"}}, "data.on_bad_sample"),
+    ("max_nonfinite_steps zero", {"training": {"max_nonfinite_steps": 0}}, "training.max_nonfinite_steps"),
+    ("negative workers", {"scaling": {"num_workers": -2}}, "scaling.num_workers"),
+    ("workers as text", {"scaling": {"num_workers": "two"}}, "scaling.num_workers"),
+    ("checkpoint every zero", {"checkpoint": {"every": 0}}, "checkpoint.every"),
+    ("unknown checkpoint key", {"checkpoint": {"evry": 3}}, "checkpoint.evry"),
+]
+
+
+@pytest.mark.parametrize("what,patch,key", BAD_JOBS, ids=[b[0] for b in BAD_JOBS])
+def test_more_bad_jobs_fail_before_ray(tmp_path, what, patch, key, no_ray):
+    job = tiny_job(tmp_path / "shards", tmp_path / "runs", **patch)
+    path = write_job(tmp_path / "bad.yaml", job)
+    with pytest.raises(JobConfigError) as e:
+        load_job(path)
+    assert str(path) in str(e.value) and key in str(e.value)
+
+
+def test_manifest_listing_a_missing_shard_fails_before_ray(tmp_path, shards, no_ray):
+    data = tmp_path / "data"
+    shutil.copytree(shards, data)
+    victim = shard_paths(data, "train")[0]
+    Path(victim).unlink()
+    path = write_job(tmp_path / "j.yaml", tiny_job(data, tmp_path / "runs"))
+    with pytest.raises(JobConfigError, match=r"missing shard.*" + Path(victim).name):
+        launch.prepare(load_job(path), str(path))
+
+
+def test_yaml_python_tags_are_rejected_and_not_executed(tmp_path, no_ray):
+    marker = tmp_path / "pwned"
+    text = (f"name: !!python/object/apply:os.system ['touch {marker}']\n"
+            f"training: {{max_steps: 1}}\n")
+    path = tmp_path / "evil.yaml"
+    path.write_text(text)
+    with pytest.raises(JobConfigError, match=r"evil\.yaml: invalid YAML.*python/object/apply"):
+        load_job(path)
+    good = write_job(tmp_path / "good.yaml", tiny_job(tmp_path, tmp_path))
+    with pytest.raises(JobConfigError, match="not valid YAML"):
+        load_job(good, [f"name=!!python/object/apply:os.system ['touch {marker}']"])
+    from cluster import cli
+
+    assert cli.main([str(path)]) == 2
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- bad shards and samples
+
+def _tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _members_of(shard: str, n: int) -> dict[str, bytes]:
+    """The first n samples (all their members) of a real shard."""
+    out, keys = {}, []
+    with tarfile.open(shard) as t:
+        for m in t.getmembers():
+            key = m.name.split(".", 1)[0]
+            if key not in keys:
+                if len(keys) == n:
+                    break
+                keys.append(key)
+            out[m.name] = t.extractfile(m).read()
+    return out
+
+
+def _take(urls, **kw):
+    args = dict(seed=0, rank=0, start_step=0, n_batches=6, batch_size=2, crop=256, quantization="mu-law",
+                shuffle_buffer=2)
+    args.update(kw)
+    return list(train_loader(urls, **args))
+
+
+@pytest.fixture
+def bad_dir(tmp_path, shards):
+    """A good shard, a truncated copy of it, and a shard whose second sample lacks its flac member."""
+    good = shard_paths(shards, "train")[0]
+    d = tmp_path / "bad"
+    d.mkdir()
+    trunc = d / "truncated.tar"
+    raw = Path(good).read_bytes()
+    trunc.write_bytes(raw[: len(raw) // 3 + 700])  # cut mid-member
+    members = _members_of(good, 3)
+    keys = sorted({n.split(".", 1)[0] for n in members})
+    missing = {n: v for n, v in members.items() if n != f"{keys[1]}.flac"}
+    return {"good": good, "truncated": str(trunc), "missing": str(_tar(d / "missing-key.tar", missing)),
+            "missing_key": keys[1]}
+
+
+def test_truncated_shard_is_skipped_and_named(bad_dir, capfd):
+    # only the truncated shard: its intact prefix is read, the torn rest skipped, the stream reads on
+    batches = _take([bad_dir["truncated"]], on_bad_sample="skip")
+    assert len(batches) == 6 and all(t.shape == (2, 256) for t, _ in batches)
+    err = capfd.readouterr().err
+    assert "truncated.tar" in err and "skipping" in err
+
+
+def test_truncated_shard_stops_when_configured(bad_dir):
+    with pytest.raises(BadDataError, match=r"truncated\.tar.*on_bad_sample=stop"):
+        _take([bad_dir["truncated"]], on_bad_sample="stop")
+
+
+def test_sample_with_missing_member_skipped_or_stopped(bad_dir, capfd):
+    assert len(_take([bad_dir["missing"]], on_bad_sample="skip", n_batches=3)) == 3
+    err = capfd.readouterr().err
+    assert "missing-key.tar" in err and bad_dir["missing_key"] in err and "missing 'flac'" in err
+    with pytest.raises(BadDataError, match=r"missing-key\.tar.*missing 'flac'"):
+        _take([bad_dir["missing"]], on_bad_sample="stop")
+
+
+def test_val_reader_skips_bad_shards_too(bad_dir):
+    out = val_batches([bad_dir["truncated"], bad_dir["missing"]], n_batches=2, batch_size=1, crop=256,
+                      quantization="mu-law")
+    assert len(out) == 2
+    with pytest.raises(BadDataError, match="truncated.tar"):
+        val_batches([bad_dir["truncated"]], n_batches=50, batch_size=1, crop=256, quantization="mu-law",
+                    on_bad_sample="stop")
+
+
+def test_nothing_decodable_fails_instead_of_spinning(tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(os.urandom(4096))
+    with pytest.raises(BadDataError, match=r"in a row.*junk\.tar"):
+        _take([str(junk)], on_bad_sample="skip")
+
+
+def test_policy_counts_and_logs_each_problem_once():
+    lines = []
+    p = BadSamplePolicy("skip", log=lines.append, max_in_a_row=5)
+    for _ in range(3):
+        p.sample_error({"__url__": "/d/s.tar"}, SampleError("sample 'k': missing 'json' member"))
+    assert p.skipped == 3 and len(lines) == 1 and "/d/s.tar" in lines[0]
+    p.good()
+    for _ in range(4):
+        p.sample_error({"__url__": "/d/s.tar"}, SampleError("x"))
+    with pytest.raises(BadDataError, match="5 bad"):
+        p.sample_error({"__url__": "/d/s.tar"}, SampleError("x"))
+
+
+# ---------------------------------------------------------------- hostile shard members
+
+def test_pickle_members_in_a_shard_are_never_unpickled(tmp_path, shards):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(Evil(marker))
+    members = _members_of(shard_paths(shards, "train")[0], 2)
+    keys = sorted({n.split(".", 1)[0] for n in members})
+    members[f"{keys[0]}.pyd"] = payload  # extra member on a good sample
+    members[f"{keys[0]}.pickle"] = payload
+    members["zzevil.pickle"] = payload  # a sample that is nothing but a pickle
+    members["zzevil.json"] = b'{"schema_version": 1, "kind": "audio", "length": 1, "num_samples": 1}'
+    shard = _tar(tmp_path / "hostile.tar", members)
+    assert len(_take([str(shard)], n_batches=3)) == 3
+    assert val_batches([str(shard)], n_batches=3, batch_size=1, crop=256, quantization="mu-law")
+    with pytest.raises(SampleError):
+        decode_sample({"__key__": "zzevil", "pickle": payload, "pyd": payload})
+    assert not marker.exists()
+    pickle.loads(payload)  # the payload is live: an unpickling reader would have run it
+    assert marker.exists()
+
+
+def test_reader_never_extracts_members_to_disk(tmp_path, shards, monkeypatch):
+    """Members named ../ or / are only ever bytes in memory: the reader never calls extract(all)."""
+    def no_extract(*a, **k):
+        raise AssertionError("the training reader extracted a tar member to disk")
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", no_extract)
+    monkeypatch.setattr(tarfile.TarFile, "extractall", no_extract)
+    members = _members_of(shard_paths(shards, "train")[0], 2)
+    escape = tmp_path / "outside"
+    members[f"../../{escape.name}/evil.flac"] = b"x" * 64
+    members[f"{escape}/abs.json"] = b"{}"
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    shard = _tar(tmp_path / "escape.tar", members)
+    assert len(_take([str(shard)], n_batches=3)) == 3
+    assert not escape.exists() and list(work.iterdir()) == []
+
+
+# ---------------------------------------------------------------- servers on loopback
+
+def test_local_ray_cluster_has_no_dashboard_and_loopback_hosts(monkeypatch, capsys):
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("SASHIMI_PROBE", "1")
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    assert launch.connect_ray(2) is True
+    assert seen["include_dashboard"] is False and seen["dashboard_host"] == "127.0.0.1"
+    assert seen["runtime_env"]["env_vars"]["SASHIMI_PROBE"] == "1" and seen["num_cpus"] == 2
+    # the TensorBoard command the project prints binds to loopback too
+    from cluster import quickstart
+
+    monkeypatch.setattr(launch, "run", lambda *a, **k: launch.RunInfo("/r/j", "/r/j/tensorboard", None, {}, 0, 0, 0))
+    quickstart.train_and_sample(None, "j.yaml", write_wav=False)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "tensorboard --logdir" in ln]
+    assert lines and all(ln.rstrip().endswith("--host 127.0.0.1") for ln in lines)
