@@ -69,3 +69,14 @@ def test_encode_rejects_dotted_keys_and_nan():
         encode_audio_sample("a.b", np.zeros(4, np.float32), 4, 16000, {})
     with pytest.raises(SampleError, match="NaN"):
         encode_audio_sample("a", np.array([0, np.nan], np.float32), 2, 16000, {})
+
+
+def test_reader_modules_stay_light():
+    """The cluster's reader imports these: no torch, no model code, no Ray."""
+    import subprocess
+    import sys
+
+    code = ("import sys, data_prep, data_prep.schema, data_prep.manifest, data_prep.cli; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchaudio', 'sashimi', 'ray')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
