@@ -215,36 +215,50 @@ def validate_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def resolve_resume(candidate: str | os.PathLike | None, run_dir: str | os.PathLike | None,
                    log: Callable[[str], None] = print) -> tuple[dict | None, Path | None, list[str]]:
-    """Pick the checkpoint to resume from: `candidate` (what Ray's get_checkpoint() gave) if it is
-    valid, else the newest valid older checkpoint in `run_dir` (Ray keeps `checkpoint.keep` of them).
-    Returns (state, path, problems), problems naming each checkpoint passed over; (None, None, [])
-    when there is nothing to resume. Raises CheckpointError if checkpoints exist but none is valid."""
-    if candidate is None:
+    """Pick the checkpoint to resume from: the newest *valid* one among `candidate` (what Ray's
+    get_checkpoint() gave, possibly None) and the checkpoint directories in `run_dir`.
+
+    Two failure modes make Ray's answer alone unsafe: a crash while a checkpoint was written leaves
+    the newest one torn (we fall back to the newest valid older one, kept per checkpoint.keep), and a
+    worker SIGKILLed right after a checkpoint was persisted can die before Ray's controller registered
+    it (Ray then offers an older one, or none, although a complete newer one is on storage).
+    Returns (state, path, problems): problems name each invalid checkpoint passed over; (None, None,
+    []) when there is nothing to resume. Raises CheckpointError if checkpoints exist but none is valid."""
+    cands = list_checkpoints(run_dir) if run_dir else []
+    if candidate is not None:
+        candidate = Path(candidate)
+        if not any(_same_path(candidate, d) for d in cands):
+            cands.append(candidate)  # remote storage: a downloaded copy, the only one we know of
+    if not cands:
         return None, None, []
-    candidate = Path(candidate)
     problems = []
-    try:
-        return validate_checkpoint(candidate), candidate, problems
-    except CheckpointError as e:
-        problems.append(str(e))
-        log(f"checkpoint {candidate} is invalid, looking for an older valid one: {e}")
-    limit = step_of_dir(candidate)
-    older = [d for d in list_checkpoints(run_dir) if d.resolve() != candidate.resolve()] if run_dir else []
-    if limit is not None:
-        older = [d for d in older if step_of_dir(d) <= limit]
-    for d in reversed(older):
+    for d in sorted(cands, key=lambda d: (step_of_dir(d) if step_of_dir(d) is not None else -1,
+                                          d.stat().st_mtime_ns if d.exists() else 0), reverse=True):
         try:
             state = validate_checkpoint(d)
         except CheckpointError as e:
             problems.append(str(e))
-            log(f"checkpoint {d} is invalid too: {e}")
+            log(f"checkpoint {d} is invalid, trying an older one: {e}")
             continue
-        log(f"falling back to the newest valid checkpoint {d} (step {state['step']}); "
-            f"skipped {len(problems)} invalid checkpoint(s)")
+        if problems:
+            log(f"falling back to the newest valid checkpoint {d} (step {state['step']}); "
+                f"skipped {len(problems)} invalid checkpoint(s)")
+        if candidate is None:
+            log(f"Ray offered no checkpoint; resuming from {d} (step {state['step']}) found in {run_dir}")
+        elif not _same_path(candidate, d) and state["step"] > (step_of_dir(candidate) or -1):
+            log(f"storage holds a complete checkpoint {d.name} newer than the one Ray registered "
+                f"({candidate.name}; the worker died before Ray recorded it): resuming from step {state['step']}")
         return state, d, problems
     raise CheckpointError(f"no valid checkpoint to resume from in {run_dir or candidate.parent}: "
                           + "; ".join(problems) + " -- delete the broken checkpoint directories or start over "
                           "with --fresh")
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return a == b
 
 
 COMPARED_JOB_KEYS = ("data.quantization",)  # besides every model.* key

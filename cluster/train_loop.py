@@ -29,7 +29,8 @@ FAULT_JOB_ENV = "SASHIMI_FAULT_JOB"  # optional: only the job with this name
 # Test-only fault plan, JSON keyed by job name: {"JOB": {"dir": MARKER_DIR, "kill": [[rank, step], ...],
 # "tear": [step, ...], "nan": [[rank, step], ...]}}. kill: SIGKILL the worker process after that optimiser
 # step; tear: after checkpoint `step` is persisted, truncate its state.pt and SIGKILL rank 0 (a crash while
-# writing). Each kill/tear fires once (a marker file in "dir"); nan poisons the loss on every attempt.
+# writing). Each kill/tear fires once (a marker file in "dir"); nan poisons the loss on every attempt;
+# "sleep": seconds added to every step (keeps a tiny run alive long enough to remove a node under it).
 TEST_FAULTS_ENV = "SASHIMI_TEST_FAULTS"
 
 
@@ -185,17 +186,20 @@ def train_fn(cfg: dict) -> None:
     resumed_from = -1
     nonfinite_total = 0
     ckpt_suffix = ""  # set after a fallback resume, so new checkpoints never reuse a torn one's name
+    skipped_invalid = 0  # invalid checkpoints passed over when resuming
     run_dir = None if is_uri(job.checkpoint.storage) else Path(job.checkpoint.storage) / job.name
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            # Ray hands out the newest checkpoint it registered; a crash while it was written leaves it
-            # torn, so validate it and fall back to the newest valid older one (kept per checkpoint.keep).
-            state, used, problems = ckpt_io.resolve_resume(
-                d, run_dir, log=_say if rank == 0 else (lambda m: None))  # RNG states stay CPU tensors
+    with (checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)) as d:
+        # Ray hands out the newest checkpoint it *registered*: a crash while it was written leaves it torn
+        # (fall back to the newest valid older one), and a worker SIGKILLed right after persisting one can
+        # die before Ray registers it (resume from the newer complete one on storage). See resolve_resume.
+        state, used, problems = ckpt_io.resolve_resume(
+            d, run_dir, log=_say if rank == 0 else (lambda m: None))  # RNG states stay CPU tensors
+    if state is not None:
         ckpt_io.check_compatible(ckpt_io.job_of(state), job.to_dict(), used)
         if problems:
             ckpt_suffix = f"r{int(time.time())}"
+            skipped_invalid = len(problems)
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -281,6 +285,8 @@ def train_fn(cfg: dict) -> None:
                 nonfinite_run = 0
             _maybe_inject_fault(step + 1, rank, job.name)
             _maybe_kill(faults, step + 1, rank)
+            if faults.get("sleep"):
+                time.sleep(float(faults["sleep"]))
             step += 1
             dt = time.perf_counter() - t0
             if t_first is not None:
@@ -313,7 +319,7 @@ def train_fn(cfg: dict) -> None:
                 window = {"time": 0.0, "data": 0.0, "steps": 0, "loss": 0.0}
 
             metrics = {"step": step, "resumed_from": resumed_from, "first_step_unix": t_first,
-                       "nonfinite_steps": nonfinite_total}
+                       "nonfinite_steps": nonfinite_total, "resume_skipped_invalid": skipped_invalid}
             if totals["steps"]:
                 metrics["perf_samples_per_s"] = totals["steps"] * bs * accum * world / totals["time"]
                 metrics["perf_step_time_s"] = totals["time"] / totals["steps"]

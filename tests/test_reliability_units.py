@@ -112,11 +112,17 @@ def test_fallback_skips_several_and_fails_clearly_when_none_is_valid(tmp_path):
         assert ck.checkpoint_dir_name(s) in str(e.value)
 
 
-def test_valid_candidate_is_used_as_is_and_newer_dirs_are_ignored(tmp_path):
+def test_valid_candidate_is_used_unless_storage_has_a_newer_complete_one(tmp_path):
     run = _run_dir(tmp_path)
-    state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(4), run, log=lambda m: None)
-    assert used.name == ck.checkpoint_dir_name(4) and state["step"] == 4 and problems == []
-    assert ck.resolve_resume(None, run) == (None, None, [])
+    lines = []
+    state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(6), run, log=lines.append)
+    assert used.name == ck.checkpoint_dir_name(6) and state["step"] == 6 and problems == [] and lines == []
+    # a worker SIGKILLed just after checkpoint 6 was persisted: Ray only registered 4 (or nothing)
+    state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(4), run, log=lines.append)
+    assert state["step"] == 6 and problems == [] and "newer than the one Ray registered" in lines[-1]
+    state, used, problems = ck.resolve_resume(None, run, log=lines.append)
+    assert state["step"] == 6 and "Ray offered no checkpoint" in lines[-1]
+    assert ck.resolve_resume(None, tmp_path / "empty") == (None, None, [])
 
 
 def test_suffixed_checkpoint_after_fallback_sorts_after_torn_one(tmp_path):
