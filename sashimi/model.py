@@ -119,7 +119,7 @@ class SaShiMi(nn.Module):
             self._runners = {}
         self._compile = enable
 
-    def _runner(self, blocks):
+    def _runner(self, blocks, tail: tuple = ()):
         runners = self.__dict__.setdefault("_runners", {})
         if id(blocks) not in runners:
             def run(x, ssm, consts):
@@ -130,6 +130,8 @@ class SaShiMi(nn.Module):
                         j += 1
                     else:
                         x = blk(x)
+                for module in tail:  # the output norm and head ride along with the outer tier
+                    x = module(x)
                 return x, ssm
 
             if getattr(self, "_compile", False):
@@ -137,11 +139,11 @@ class SaShiMi(nn.Module):
             runners[id(blocks)] = run
         return runners[id(blocks)]
 
-    def _run_blocks(self, blocks, x, state, idx):
+    def _run_blocks(self, blocks, x, state, idx, tail: tuple = ()):
         ids = [idx[b] for b in blocks if isinstance(b, S4Block)]
-        if not len(blocks):
+        if not len(blocks) and not tail:
             return x
-        x, new = self._runner(blocks)(x, [state.ssm[i] for i in ids], [state.consts[i] for i in ids])
+        x, new = self._runner(blocks, tail)(x, [state.ssm[i] for i in ids], [state.consts[i] for i in ids])
         for i, t in zip(ids, new):
             state.ssm[i] = t
         return x
@@ -158,16 +160,19 @@ class SaShiMi(nn.Module):
             z = self.down_pools[level].proj(state.down_buf[level].reshape(x.shape[0], -1))
             y = self._level_step(level + 1, z, pos // p, state, idx)
             state.up_buf[level] = self.up_pools[level].chunk(y)
-        return self._run_blocks(self.up_blocks[level], up + s, state, idx)
+        tail = (self.norm, self.head) if level == 0 else ()
+        return self._run_blocks(self.up_blocks[level], up + s, state, idx, tail)
 
     def step(self, tokens: torch.Tensor, state: SaShiMiState) -> tuple[torch.Tensor, SaShiMiState]:
         """One sample: tokens (B,) int64 -> (logits (B, n_classes), state). Updates ``state`` in place."""
         idx = getattr(self, "_s4_index", None)
         if idx is None:
             idx = self._s4_index = {b: i for i, b in enumerate(self._s4_blocks())}
-        x = self._level_step(0, self.embed(tokens), state.t, state, idx)
+        logits = self._level_step(0, self.embed(tokens), state.t, state, idx)  # ends in norm + head
+        if not self.down_pools:  # no pooling: the centre is the only tier
+            logits = self.head(self.norm(logits))
         state.t += 1
-        return self.head(self.norm(x)), state
+        return logits, state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -27,8 +27,9 @@ def test_multirate_step_equals_conv(kernel):
     assert (torch.stack(steps, 1) - conv).abs().max() < 1e-4
 
 
-def test_unet_variant_step_equals_conv():
-    model = SaShiMi(SaShiMiConfig(unet=True, d_model=8, n_layers=1, d_state=8, l_max=256, pool=(2, 4))).eval()
+@pytest.mark.parametrize("variant", [dict(unet=True, pool=(2, 4)), dict(pool=()), dict(pool=(3,), ff=0)])
+def test_other_variants_step_equal_conv(variant):
+    model = SaShiMi(SaShiMiConfig(d_model=8, n_layers=1, d_state=8, l_max=256, **variant)).eval()
     tokens = torch.randint(0, 256, (1, 70))
     with torch.no_grad(), torch_threads(1):
         conv = model(tokens)
