@@ -65,12 +65,14 @@ class _CauchyChunked(torch.autograd.Function):
         sv = torch.zeros(batch + (M, N), dtype=v.dtype, device=v.device)
         sw = torch.zeros_like(sv) if need_w else None
         wk = w.unsqueeze(-2)  # (..., 1, N)
+        wkc = wk.conj().resolve_conj()
+        zcol, zccol = z.unsqueeze(-1), z.conj().resolve_conj().unsqueeze(-1)  # (K, 1)
+        g = g.resolve_conj()
+        gconj = g.conj().resolve_conj()  # materialised once, not per block inside matmul
         for s in range(0, K, step):
-            zc = z[s:s + step].unsqueeze(-1)  # (chunk, 1)
-            ac = 1 / (zc - wk).conj()  # conj(a): (..., chunk, N)
-            b = 1 / (zc - wk.conj())
-            gc = g[..., s:s + step]  # (..., M, chunk)
-            gcc = gc.conj()
+            ac = 1 / (zccol[s:s + step] - wkc)  # conj(a): (..., chunk, N)
+            b = 1 / (zcol[s:s + step] - wkc)
+            gc, gcc = g[..., s:s + step], gconj[..., s:s + step]  # (..., M, chunk)
             sv += gc @ ac + gcc @ b
             if need_w:
                 sw += gc @ (ac * ac) + gcc @ (b * b)
