@@ -102,12 +102,33 @@ def split_round_robin(items: list, n: int) -> list[list]:
     return [items[i::n] for i in range(n)]
 
 
-def eval_with_ray(checkpoint: str, shards: list[str], workers: int, batch: int, progress: bool) -> dict:
-    """Shard lists on ``workers`` CPU Ray tasks; the sums come back and are added here."""
+def eval_with_ray(checkpoint: str, shards: list[str], workers: int, batch: int, progress: bool,
+                  address: str | None = None) -> dict:
+    """Shard lists on ``workers`` CPU Ray tasks; the sums come back and are added here. Joins
+    ``address`` (or RAY_ADDRESS) if given, else starts a private local Ray (never attaching to a
+    ``ray start`` head that happens to run here). On a multi-node cluster the checkpoint and the
+    shard paths must be on shared storage."""
+    import os
+
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    from .launch import local_ray_init_kwargs
+
+    started = not ray.is_initialized()  # shut down only a Ray this call started
+    if started:
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", log_to_driver=False, **local_ray_init_kwargs(workers))
+    try:
+        return _run_tasks(ray, checkpoint, shards, workers, batch, progress)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_tasks(ray, checkpoint, shards, workers, batch, progress) -> dict:
     task = ray.remote(num_cpus=1)(eval_shards)
     refs = [task.remote(str(Path(checkpoint).resolve()), part, batch, "cpu", False, None, 1)
             for part in split_round_robin(shards, workers)]
@@ -147,6 +168,7 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=1, help="clips per forward pass (equal-length clips batch)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (single-process evaluation)")
     p.add_argument("--workers", type=int, default=1, help="Ray CPU tasks, shards split between them")
+    p.add_argument("--ray-address", help="existing Ray cluster to run the workers on (default: a local one)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     if a.batch < 1 or a.workers < 1:
@@ -180,7 +202,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         if a.workers > 1:
-            res = eval_with_ray(a.checkpoint, shards, a.workers, a.batch, not a.quiet)
+            res = eval_with_ray(a.checkpoint, shards, a.workers, a.batch, not a.quiet, a.ray_address)
         else:
             res = eval_shards(a.checkpoint, shards, a.batch, a.device, not a.quiet, clips)
     except ValueError as e:

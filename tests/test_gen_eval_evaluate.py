@@ -101,7 +101,7 @@ def test_two_ray_workers_equal_one(tmp_path, shards):
 
     ckpt, _, _ = make_checkpoint(tmp_path / "ck")
     single = _eval(tmp_path, ckpt, shards, "--split", "test")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         multi = _eval(tmp_path, ckpt, shards, "--split", "test", "--workers", "2")
     finally:
@@ -111,3 +111,7 @@ def test_two_ray_workers_equal_one(tmp_path, shards):
     for name, v in single["files"].items():
         assert multi["files"][name]["samples"] == v["samples"]
         assert multi["files"][name]["bits"] == pytest.approx(v["bits"], rel=1e-12)
+    # without a running Ray, sashimi-eval starts its own local one and shuts it down again
+    again = _eval(tmp_path, ckpt, shards, "--split", "test", "--workers", "3")
+    assert again["overall"]["bits"] == pytest.approx(single["overall"]["bits"], rel=1e-12)
+    assert not ray.is_initialized()

@@ -37,8 +37,8 @@ def test_greedy_equals_conv_argmax_and_nll_matches(tmp_path):
         logits = _conv(net, tok)
         assert torch.equal(logits.argmax(-1), tok)  # greedy step-mode sampling == conv-mode argmax
         bits = float(F.cross_entropy(logits.double(), tok, reduction="sum")) / math.log(2)
-        assert s["bits_sum"] == pytest.approx(bits, rel=1e-9)
-        assert s["bits_mean"] == pytest.approx(bits / 100, rel=1e-9)
+        assert s["bits_sum"] == pytest.approx(bits, rel=1e-6)
+        assert s["bits_mean"] == pytest.approx(bits / 100, rel=1e-6)
         assert s["step_bits_sum"] == pytest.approx(bits, rel=1e-5)  # sampler's per-step log-probs
         wav, sr = sf.read(out / s["wav"], dtype="float32")
         assert sr == 1000 and np.abs(wav - mu_law_decode(tok).numpy()).max() <= 1 / 32768 + 1e-7
@@ -74,7 +74,7 @@ def test_prime_file_quantised_like_training_and_continued(tmp_path):
         # stepping priming == conv mode: logits[t] predicts tok[t]; greedy continuation == conv argmax
         assert torch.equal(logits[200:].argmax(-1), tok[200:])
         bits = float(F.cross_entropy(logits[200:].double(), tok[200:], reduction="sum")) / math.log(2)
-        assert s["bits_sum"] == pytest.approx(bits, rel=1e-9)
+        assert s["bits_sum"] == pytest.approx(bits, rel=1e-6)
         assert s["step_bits_sum"] == pytest.approx(bits, rel=1e-5)
     # a prime at another rate is resampled to the job's rate
     sf.write(tmp_path / "p2.wav", stereo, 2000, subtype="FLOAT")
