@@ -67,6 +67,9 @@ class CheckpointConfig:
     every: int = 500  # optimiser steps between checkpoints (and data-stream segments)
     keep: int = 3
     storage: str = "runs"  # local dir (made absolute) or a URI Ray understands
+    # A checkpoint directory to start this run from when its own run dir has nothing to resume (e.g. an
+    # older checkpoint of another run: branch off it under a new `name`). Ignored once this run has one.
+    init_from: Optional[str] = None
 
 
 @dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import sys
 from typing import Iterator
 
@@ -63,8 +64,12 @@ def _shard_of(exn: BaseException) -> str:
     """The shard path webdataset appended to an exception's args (last string arg), if any."""
     strs = [a for a in getattr(exn, "args", ()) if isinstance(a, str)]
     for a in reversed(strs):
-        if a.endswith((".tar", ".tar.gz", ".tgz")) or "://" in a or "/" in a:
+        if a.endswith((".tar", ".tar.gz", ".tgz")) or ("://" in a and " " not in a):
             return a
+    for a in strs:  # errors inside a tar carry "... @ <_io.BufferedReader name='/path/shard.tar'>"
+        m = re.search(r"name='([^']+)'", a)
+        if m:
+            return m.group(1)
     return "<unknown shard>"
 
 

@@ -74,6 +74,8 @@ def resolve_paths(job: JobConfig) -> JobConfig:
         job.data.shards = str(Path(job.data.shards).expanduser().resolve())
     if not is_uri(job.checkpoint.storage):
         job.checkpoint.storage = str(Path(job.checkpoint.storage).expanduser().resolve())
+    if job.checkpoint.init_from and not is_uri(job.checkpoint.init_from):
+        job.checkpoint.init_from = str(Path(job.checkpoint.init_from).expanduser().resolve())
     return job
 
 

@@ -63,6 +63,8 @@ def prepare(job: JobConfig, where: str, fresh: bool = False, log=print) -> dict:
             shutil.rmtree(run_dir)
     if not is_uri(run_dir):
         check_resume_compatible(job, run_dir, where, log)
+    if job.checkpoint.init_from:
+        check_init_from(job, where)
     return {"job": job.to_dict(), "shards": shards, "sample_rate": sample_rate}
 
 
@@ -84,6 +86,23 @@ def check_resume_compatible(job: JobConfig, run_dir: str, where: str, log=print)
                                  f"from {d.name} would fail: {'; '.join(diff)}. Restore those values, change `name` "
                                  f"for a new run, or pass --fresh to delete this run")
         return
+
+
+def check_init_from(job: JobConfig, where: str) -> None:
+    """checkpoint.init_from must be a valid checkpoint written with the job's model config."""
+    from . import checkpoint as ck
+
+    src = job.checkpoint.init_from
+    if is_uri(src):
+        raise JobConfigError(f"{where}: checkpoint.init_from: {src}: only local checkpoint directories are supported")
+    try:
+        stored = ck.job_of(ck.validate_checkpoint(src))
+    except ck.CheckpointError as e:
+        raise JobConfigError(f"{where}: checkpoint.init_from: {e}") from None
+    diff = ck.config_mismatch(stored, job.to_dict())
+    if diff:
+        raise JobConfigError(f"{where}: checkpoint.init_from: {src} was written with a different config: "
+                             f"{'; '.join(diff)}")
 
 
 def run_dir_of(job: JobConfig) -> str:

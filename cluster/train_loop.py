@@ -195,6 +195,11 @@ def train_fn(cfg: dict) -> None:
         # die before Ray registers it (resume from the newer complete one on storage). See resolve_resume.
         state, used, problems = ckpt_io.resolve_resume(
             d, run_dir, log=_say if rank == 0 else (lambda m: None))  # RNG states stay CPU tensors
+    if state is None and job.checkpoint.init_from:  # nothing of our own yet: branch off the given checkpoint
+        used = Path(job.checkpoint.init_from)
+        state = ckpt_io.validate_checkpoint(used)
+        if rank == 0:
+            _say(f"starting from checkpoint.init_from {used} (step {state['step']})")
     if state is not None:
         ckpt_io.check_compatible(ckpt_io.job_of(state), job.to_dict(), used)
         if problems:

@@ -164,6 +164,14 @@ def test_two_workers_over_a_truncated_shard_complete(env):
     _assert_all_checkpoints_valid_or_known_torn(Path(info.run_dir))
 
 
+def test_branch_off_an_older_checkpoint_with_init_from(env, clean):
+    """Picking an older checkpoint by hand: a new run name started from it continues exactly."""
+    older = Path(clean.run_dir) / ck.checkpoint_dir_name(4)
+    info = _run(env, "branch", [f"checkpoint.init_from={older}"])
+    assert info.metrics["resumed_from"] == 4 and info.metrics["step"] == 8
+    _same_params(clean.checkpoint_dir, info.checkpoint_dir)
+
+
 def test_soak_two_kills_and_a_torn_checkpoint_match_a_clean_run(env, clean):
     info = _run(env, "soak", failure={"max_failures": 4})
     for m in ("kill-r1-s3", "tear-s6", "kill-r0-s7"):

@@ -469,3 +469,17 @@ def test_local_ray_cluster_has_no_dashboard_and_loopback_hosts(monkeypatch, caps
     quickstart.train_and_sample(None, "j.yaml", write_wav=False)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "tensorboard --logdir" in ln]
     assert lines and all(ln.rstrip().endswith("--host 127.0.0.1") for ln in lines)
+
+
+def test_init_from_is_checked_before_ray(tmp_path, shards, no_ray):
+    path = write_job(tmp_path / "j.yaml", tiny_job(shards, tmp_path / "runs", "branch"))
+    with pytest.raises(JobConfigError, match=r"checkpoint\.init_from:.*nope.*missing"):
+        launch.prepare(load_job(path, [f"checkpoint.init_from={tmp_path / 'nope'}"]), str(path))
+    src = tmp_path / "old" / ck.checkpoint_dir_name(4)
+    stored = load_job(path).to_dict()
+    ck.save_checkpoint_dir(src, _state(4, job={**stored, "model": {**stored["model"], "d_model": 32}}))
+    with pytest.raises(JobConfigError, match=r"checkpoint\.init_from:.*model\.d_model: checkpoint 32, job 16"):
+        launch.prepare(load_job(path, [f"checkpoint.init_from={src}"]), str(path))
+    ck.save_checkpoint_dir(src, _state(4, job=stored))
+    cfg = launch.prepare(load_job(path, [f"checkpoint.init_from={src}"]), str(path))
+    assert cfg["job"]["checkpoint"]["init_from"] == str(src)
