@@ -12,7 +12,7 @@ inputs, its UpPool hands out cached outputs), which is what makes generation fas
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +32,7 @@ class SaShiMiState:
     consts: list  # per S4 layer: parameter-only step constants
     down_buf: list  # per pooling level: (B, p, H) inputs waiting to be pooled
     up_buf: list  # per pooling level: (B, p, H) outputs for the next p steps
-
-    def detach_clone(self) -> "SaShiMiState":
-        return SaShiMiState(self.t, [s.clone() for s in self.ssm], self.consts,
-                            [b.clone() for b in self.down_buf], [b.clone() for b in self.up_buf])
+    tier_consts: dict = field(default_factory=dict)  # cache: the consts of each tier's S4 blocks
 
 
 class SaShiMi(nn.Module):
@@ -140,10 +137,13 @@ class SaShiMi(nn.Module):
         return runners[id(blocks)]
 
     def _run_blocks(self, blocks, x, state, idx, tail: tuple = ()):
-        ids = [idx[b] for b in blocks if isinstance(b, S4Block)]
         if not len(blocks) and not tail:
             return x
-        x, new = self._runner(blocks, tail)(x, [state.ssm[i] for i in ids], [state.consts[i] for i in ids])
+        ids = idx[id(blocks)]
+        consts = state.tier_consts.get(id(blocks))
+        if consts is None:  # constants never change within one state: gather them once
+            consts = state.tier_consts[id(blocks)] = [state.consts[i] for i in ids]
+        x, new = self._runner(blocks, tail)(x, [state.ssm[i] for i in ids], consts)
         for i, t in zip(ids, new):
             state.ssm[i] = t
         return x
@@ -165,9 +165,11 @@ class SaShiMi(nn.Module):
 
     def step(self, tokens: torch.Tensor, state: SaShiMiState) -> tuple[torch.Tensor, SaShiMiState]:
         """One sample: tokens (B,) int64 -> (logits (B, n_classes), state). Updates ``state`` in place."""
-        idx = getattr(self, "_s4_index", None)
-        if idx is None:
-            idx = self._s4_index = {b: i for i, b in enumerate(self._s4_blocks())}
+        idx = self.__dict__.get("_tier_index")
+        if idx is None:  # per block list: the positions of its S4 blocks in state.ssm
+            pos = {b: i for i, b in enumerate(self._s4_blocks())}
+            tiers = [*self.down_blocks, self.center, *self.up_blocks]
+            idx = self._tier_index = {id(t): [pos[b] for b in t if isinstance(b, S4Block)] for t in tiers}
         logits = self._level_step(0, self.embed(tokens), state.t, state, idx)  # ends in norm + head
         if not self.down_pools:  # no pooling: the centre is the only tier
             logits = self.head(self.norm(logits))
