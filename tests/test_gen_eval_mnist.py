@@ -87,3 +87,25 @@ def test_classify_job_errors_name_file(tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert main(["classify-eval", str(tmp_path / "junk.pt"), "--data", "/nowhere"]) == 2
     assert "junk.pt" in capsys.readouterr().err
+
+
+def test_eval_pixel_checkpoint_bits_per_pixel(tmp_path, mnist):
+    """sashimi-eval on MNIST shards: tokens are the raw pixels (quantization none)."""
+    import math
+
+    import torch.nn.functional as F
+
+    from cluster.evaluate import main as eval_main
+
+    shards, sets = mnist
+    ckpt, net, _ = make_checkpoint(tmp_path / "ck", quantization="none", shards=str(shards), model=PIXEL_MODEL)
+    out = tmp_path / "e.json"
+    assert eval_main([str(ckpt), "--data", str(shards), "--split", "test", "--batch", "16", "--out", str(out),
+                      "--quiet"]) == 0
+    rep = json.loads(out.read_text())
+    x = torch.from_numpy(sets["t10k"][0].reshape(-1, 784).astype(np.int64))
+    with torch.no_grad():
+        logits = net(shift_inputs(x, 128))
+    bits = float(F.cross_entropy(logits.reshape(-1, 256).double(), x.reshape(-1), reduction="sum")) / math.log(2)
+    assert rep["overall"]["samples"] == 60 * 784 and list(rep["files"]) == ["t10k-images"]
+    assert rep["overall"]["bits_per_byte"] == pytest.approx(bits / (60 * 784), rel=1e-6)
