@@ -58,7 +58,7 @@ def test_classifier_trains_and_reports_test_accuracy(tmp_path, mnist):
     job["data"]["shards"] = str(shards)
     job["checkpoint"]["storage"] = str(tmp_path / "runs")
     job["model"] = {"d_model": 16, "n_layers": 1, "d_state": 8, "kernel": "s4d", "ff": 0, "l_max": 784}
-    job["training"].update(max_steps=30, batch_per_worker=16)
+    job["training"].update(max_steps=30, batch_per_worker=8)
     job["schedule"] = {"kind": "constant"}
     job["optim"]["lr"] = 3e-2
     job["eval"] = {"every": 15, "val_batches": 2, "val_batch_size": 16}
