@@ -124,6 +124,9 @@ def main(argv=None) -> int:
     device = torch.device(a.device)
     model.to(device)
     n = int(round(a.seconds * rate))
+    if n < 1:
+        print(f"sashimi-generate: --seconds {a.seconds} is less than one sample at {rate} Hz", file=sys.stderr)
+        return 2
     prime = None
     if a.prime:
         try:
