@@ -79,6 +79,7 @@ def generate(model: SaShiMi, n_samples: int, batch: int = 1, temperature: float 
     out = torch.empty(batch if prime is None else prime.shape[0], n_samples, dtype=torch.long, device=device)
     logp = torch.empty(out.shape, dtype=torch.float64, device=device) if return_logprobs else None
     model.compile_step(compile)
+    model.step_constants()  # float64 setup: with all threads, before step mode drops to `threads`
     settings = _compile_settings(device) if compile else contextlib.nullcontext()
     with torch_threads(threads), settings:
         if prime is not None and prime.shape[1] > 0:

@@ -93,6 +93,20 @@ class SaShiMi(nn.Module):
     def _s4_blocks(self):
         return [m for m in self.modules() if isinstance(m, S4Block)]
 
+    def _fingerprint(self) -> tuple:
+        """Changes whenever any parameter is updated in place, reloaded or moved."""
+        return tuple((p.data_ptr(), p._version, p.device) for p in self.parameters())
+
+    @torch.no_grad()
+    def step_constants(self) -> list:
+        """Per S4 layer, the recurrence constants derived from the parameters (float64 algebra:
+        seconds for the paper model). Reused while the parameters are unchanged."""
+        key = self._fingerprint()
+        cached = self.__dict__.get("_step_consts")
+        if cached is None or cached[0] != key:
+            cached = self._step_consts = (key, [b.s4.step_setup() for b in self._s4_blocks()])
+        return cached[1]
+
     @torch.no_grad()
     def default_state(self, batch: int, device=None) -> SaShiMiState:
         device = device or self.head.weight.device
@@ -101,7 +115,7 @@ class SaShiMi(nn.Module):
         return SaShiMiState(
             t=0,
             ssm=[b.s4.default_state(batch, device) for b in s4s],
-            consts=[b.s4.step_setup() for b in s4s],
+            consts=self.step_constants(),
             down_buf=[torch.zeros(batch, p, h, device=device) for p, h in zip(self.config.pool, widths)],
             up_buf=[torch.zeros(batch, p, h, device=device) for p, h in zip(self.config.pool, widths)],
         )

@@ -110,3 +110,24 @@ def test_greedy_generation_matches_conv_argmax():
     assert torch.equal(logits.argmax(-1), out)
     primed = generate(model, 20, temperature=0.0, prime=out[:, :44])
     assert torch.equal(primed, out[:, 44:])
+
+
+def test_step_constants_follow_parameter_updates():
+    """The cached recurrence constants must never outlive a weight change."""
+    model = SaShiMi(SaShiMiConfig(d_model=8, n_layers=1, d_state=8, l_max=64)).eval()
+    first = model.step_constants()
+    assert model.step_constants() is first  # unchanged weights: reused
+    with torch.no_grad():
+        model.center[0].s4.kernel.log_dt.add_(0.5)
+    tokens = torch.randint(0, 256, (1, 40))
+    with torch.no_grad(), torch_threads(1):
+        conv = model(tokens)
+        state, steps = model.default_state(1), []
+        for t in range(40):
+            logits, state = model.step(tokens[:, t], state)
+            steps.append(logits)
+    assert state.consts is not first
+    assert (torch.stack(steps, 1) - conv).abs().max() < 1e-4
+    fresh = SaShiMi(SaShiMiConfig(d_model=8, n_layers=1, d_state=8, l_max=64))
+    model.load_state_dict(fresh.state_dict())
+    assert model.step_constants() is not state.consts
