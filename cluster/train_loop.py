@@ -310,9 +310,9 @@ def train_fn(cfg: dict) -> None:
 
             if rank == 0 and (step % job.logging.every == 0 or step == job.training.max_steps):
                 n = window["steps"]
-                n_ok = max(n - window.get("skipped", 0), 1)
+                n_ok = n - window.get("skipped", 0)  # skipped (non-finite) steps do not enter the mean loss
                 sps = n * bs * accum * world / max(window["time"], 1e-9)
-                scalars = {"train/loss_bits": window["loss"] / n_ok, "train/lr": optimizer.param_groups[0]["lr"],
+                scalars = {"train/loss_bits": window["loss"] / n_ok if n_ok else float("nan"), "train/lr": optimizer.param_groups[0]["lr"],
                            "train/grad_norm": grad_norm, "train/nonfinite_steps": nonfinite_total,
                            "perf/samples_per_s": sps,
                            "perf/step_time_s": window["time"] / n, "perf/data_wait_s": window["data"] / n,

@@ -26,16 +26,17 @@ TWO = {"scaling": {"num_workers": 2}, "training": {"max_steps": 8}, "checkpoint"
 
 
 def _plans(root: Path) -> dict:
-    marks = root / "marks"
-    marks.mkdir()
-    d = str(marks)
-    return {
-        "kill": {"dir": d, "kill": [[1, 3]]},  # rank 1 SIGKILLed after step 3 (last checkpoint: 2)
-        "torn": {"dir": d, "tear": [4]},  # checkpoint 4 truncated on storage, rank 0 SIGKILLed
-        "soak": {"dir": d, "kill": [[1, 3], [0, 7]], "tear": [6]},
-        "nan": {"dir": d, "nan": [[0, 2], [0, 3]]},
-        "nanstop": {"dir": d, "nan": [[0, 1], [0, 2], [0, 3]]},
+    plans = {
+        "kill": {"kill": [[1, 3]]},  # rank 1 SIGKILLed after step 3 (last checkpoint: 2)
+        "torn": {"tear": [4]},  # checkpoint 4 truncated on storage, rank 0 SIGKILLed
+        "soak": {"kill": [[1, 3], [0, 7]], "tear": [6]},
+        "nan": {"nan": [[0, 2], [0, 3]]},
+        "nanstop": {"nan": [[0, 1], [0, 2], [0, 3]]},
     }
+    for name, plan in plans.items():  # one marker dir per job: each job's faults fire once for it
+        plan["dir"] = str(root / "marks" / name)
+        Path(plan["dir"]).mkdir(parents=True)
+    return plans
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def env(tmp_path_factory):
             os.environ.pop(TEST_FAULTS_ENV)
         else:
             os.environ[TEST_FAULTS_ENV] = old
-    yield {"root": root, "shards": shards, "marks": Path(plans["kill"]["dir"]), "dashboard": ctx.dashboard_url}
+    yield {"root": root, "shards": shards, "marks": root / "marks", "dashboard": ctx.dashboard_url}
     ray.shutdown()
 
 
@@ -99,7 +100,7 @@ def test_local_cluster_started_by_the_project_has_no_dashboard(env):
 
 def test_sigkilled_worker_restarts_from_last_checkpoint(env, clean):
     info = _run(env, "kill", failure={"max_failures": 2})
-    assert (env["marks"] / "kill-r1-s3").exists(), "the SIGKILL hook never fired"
+    assert (env["marks"] / "kill" / "kill-r1-s3").exists(), "the SIGKILL hook never fired"
     assert info.metrics["step"] == 8
     lost = 3 - info.metrics["resumed_from"]  # steps done before the kill that had to be redone
     assert info.metrics["resumed_from"] == 2 and 0 < lost <= EVERY
@@ -109,7 +110,7 @@ def test_sigkilled_worker_restarts_from_last_checkpoint(env, clean):
 
 def test_torn_checkpoint_falls_back_to_previous_valid_one(env, clean):
     info = _run(env, "torn", failure={"max_failures": 2})
-    assert (env["marks"] / "tear-s4").exists(), "the tear hook never fired"
+    assert (env["marks"] / "torn" / "tear-s4").exists(), "the tear hook never fired"
     # Ray handed out checkpoint 4 (torn); the worker resumed from 2 and said so in its metrics
     assert info.metrics["step"] == 8 and info.metrics["resumed_from"] == 2
     assert info.metrics["resume_skipped_invalid"] == 1
@@ -175,7 +176,7 @@ def test_branch_off_an_older_checkpoint_with_init_from(env, clean):
 def test_soak_two_kills_and_a_torn_checkpoint_match_a_clean_run(env, clean):
     info = _run(env, "soak", failure={"max_failures": 4})
     for m in ("kill-r1-s3", "tear-s6", "kill-r0-s7"):
-        assert (env["marks"] / m).exists(), f"fault {m} never fired"
+        assert (env["marks"] / "soak" / m).exists(), f"fault {m} never fired"
     assert info.metrics["step"] == clean.metrics["step"] == 8
     torn = ck.checkpoint_dir_name(6)
     _assert_all_checkpoints_valid_or_known_torn(Path(info.run_dir), torn=[torn])
