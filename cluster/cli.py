@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         job = load_job(args.job, args.overrides)
+        if job.task != "generate":
+            raise JobConfigError(f"{args.job}: task: {job.task!r} jobs are not trained by sashimi-train; "
+                                 f"run: python -m cluster.mnist_demo classify {args.job}")
         from .quickstart import train_and_sample
 
         train_and_sample(job, args.job, fresh=args.fresh, num_cpus=args.num_cpus, write_wav=not args.no_wav)

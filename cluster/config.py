@@ -104,6 +104,9 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     seed: int = 0
+    # "generate": SaShiMi next-token training (sashimi-train); "classify": the S4 sequence
+    # classifier, run by `python -m cluster.mnist_demo classify` (sashimi-train refuses it).
+    task: Literal["generate", "classify"] = "generate"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -152,6 +152,9 @@ def cmd_classify(a) -> int:
     from .schedule import LRSchedule
 
     job = resolve_paths(load_job(a.job, a.overrides))
+    if job.task != "classify":
+        print(f"mnist_demo classify: error: {a.job}: task: expected 'classify', got {job.task!r}", file=sys.stderr)
+        return 2
     if job.data.quantization != "none":
         raise ValueError(f"{a.job}: data.quantization must be none (pixels are the tokens)")
     torch.set_num_threads(a.threads or torch.get_num_threads())
