@@ -17,6 +17,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from . import hippo
 from .cauchy import cauchy
@@ -100,6 +101,11 @@ class S4DKernel(_SSMKernel):
         return torch.diag_embed(full(dA)), full(dB), full(C)
 
 
+def _woodbury(r: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
+    """K̂(ω) = 2/(1+ω) · [k00 - k01·k10 / (1 + k11)] from the four Cauchy sums r (H, 4, K)."""
+    return 2 / (1 + omega) * (r[:, 0] - r[:, 1] * r[:, 2] / (1 + r[:, 3]))
+
+
 class DPLRKernel(_SSMKernel):
     """S4: Cauchy sums + Woodbury at the roots of unity of order l_max, then an inverse FFT.
 
@@ -134,9 +140,10 @@ class DPLRKernel(_SSMKernel):
         if nyquist:
             theta = theta[:-1]
         z = (2j * torch.tan(theta)).to(torch.complex64)  # z·Δ = 2(1-ω)/(1+ω) at ω = exp(-2πik/M)
-        r = cauchy(v, z, w, self.backend) * dt[:, None, None]  # (H, 4, K)
+        r = cauchy(v * dt[:, None, None], z, w, self.backend)  # (H, 4, K); Δ·Σ v/(z - ΔΛ), linear in v
         omega = torch.exp(-2j * theta).to(torch.complex64)
-        kf = 2 / (1 + omega) * (r[:, 0] - r[:, 1] * r[:, 2] / (1 + r[:, 3]))
+        # Elementwise and cheap: recomputed in backward rather than keeping five (H, K) temporaries.
+        kf = checkpoint(_woodbury, r, omega, use_reentrant=False)
         if nyquist:  # ω = -1: K̂ = C̃ (I + dA)^{-1} dB = (Δ/2) Σ_full C̃B
             kf = torch.cat([kf, (dt * (Ct * B).sum(-1).real).to(kf.dtype)[:, None]], dim=-1)
         return kf
