@@ -48,6 +48,29 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_p: float =
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+class _Sampler:
+    """Per-step sampling for generate(). With top_p = 1 it uses the Gumbel-max trick:
+    argmax(logits + T·g), g = -log(E), E ~ Exp(1), is an exact draw from softmax(logits / T),
+    and the noise is drawn in blocks, so a step costs an add and an argmax."""
+
+    BLOCK = 512
+
+    def __init__(self, temperature: float, top_p: float, generator: torch.Generator):
+        self.temperature, self.top_p, self.gen = temperature, top_p, generator
+        self.noise, self.used = None, self.BLOCK
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature <= 0 or self.top_p < 1.0:
+            return sample_logits(logits, self.temperature, self.top_p, self.gen)
+        if self.used == self.BLOCK:
+            shape = (self.BLOCK,) + logits.shape
+            noise = torch.empty(shape, dtype=torch.float32, device=logits.device)
+            self.noise = noise.exponential_(generator=self.gen).log_().mul_(-self.temperature)
+            self.used = 0
+        self.used += 1
+        return (logits + self.noise[self.used - 1]).argmax(-1)
+
+
 @torch.inference_mode()
 def prime_state(model: SaShiMi, prime: torch.Tensor) -> tuple[torch.Tensor, SaShiMiState]:
     """Step through priming tokens (B, P); returns the logits for the next token and the state."""
@@ -93,8 +116,9 @@ def generate(model: SaShiMi, n_samples: int, batch: int = 1, temperature: float 
             from tqdm import tqdm  # noqa: PLC0415
 
             steps = tqdm(steps, desc="generating", unit="sample", unit_scale=out.shape[0])
+        draw = _Sampler(temperature, top_p, gen)
         for t in steps:
-            tok = sample_logits(logits, temperature, top_p, gen)
+            tok = draw(logits)
             out[:, t] = tok
             if logp is not None:
                 logp[:, t] = torch.log_softmax(logits.double(), -1).gather(-1, tok[:, None])[:, 0]

@@ -43,3 +43,16 @@ def test_compiled_step_matches_eager():
     eager = generate(model, 80, batch=2, temperature=0, seed=0)
     fused = generate(model, 80, batch=2, temperature=0, seed=0, compile=True)
     assert torch.equal(eager, fused)
+
+
+def test_gumbel_sampler_draws_from_the_softmax():
+    """The fast sampler must sample softmax(logits / T): frequencies over 30000 draws."""
+    from sashimi.generate import _Sampler
+
+    logits = torch.tensor([[1.0, 0.0, -1.0, 2.0]]).expand(3000, 4)
+    for temperature in (1.0, 0.5):
+        draw = _Sampler(temperature, 1.0, torch.Generator().manual_seed(0))
+        counts = torch.bincount(torch.cat([draw(logits) for _ in range(10)]), minlength=4).double()
+        expected = torch.softmax(logits[0].double() / temperature, -1) * 30000
+        # 4 standard deviations of a binomial count: fails for a wrong temperature or missing noise
+        assert ((counts - expected).abs() < 4 * expected.sqrt() + 1).all(), (counts, expected)
