@@ -92,7 +92,8 @@ def parse_args(argv):
     p.add_argument("--compile", action="store_true", help="torch.compile the step (compiled once, before timing)")
     p.add_argument("--sample-rate", type=int, help="override the rate (default: the job's manifest, else 16000)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads while stepping")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads while stepping (default: 1 below batch 8, else all cores)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)

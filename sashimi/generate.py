@@ -86,7 +86,7 @@ def prime_state(model: SaShiMi, prime: torch.Tensor) -> tuple[torch.Tensor, SaSh
 
 @torch.inference_mode()
 def generate(model: SaShiMi, n_samples: int, batch: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-             prime: torch.Tensor | None = None, seed: int | None = None, threads: int | None = 1,
+             prime: torch.Tensor | None = None, seed: int | None = None, threads: int | None = None,
              progress: bool = False, compile: bool = False, return_logprobs: bool = False):
     """Sample ``n_samples`` tokens per sequence after an optional ``prime`` (B, P) -> (B, n_samples).
 
@@ -101,6 +101,8 @@ def generate(model: SaShiMi, n_samples: int, batch: int = 1, temperature: float 
     gen.manual_seed(seed if seed is not None else torch.seed())
     out = torch.empty(batch if prime is None else prime.shape[0], n_samples, dtype=torch.long, device=device)
     logp = torch.empty(out.shape, dtype=torch.float64, device=device) if return_logprobs else None
+    if threads is None:  # tiny per-step tensors: extra threads only add barriers until the batch grows
+        threads = 1 if out.shape[0] < 8 else torch.get_num_threads()
     model.compile_step(compile)
     model.step_constants()  # float64 setup: with all threads, before step mode drops to `threads`
     settings = _compile_settings(device) if compile else contextlib.nullcontext()
