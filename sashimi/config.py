@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 KERNELS = ("dplr", "s4d")
 S4D_INITS = ("inv", "lin")
@@ -30,7 +30,6 @@ class SaShiMiConfig:
     glu: bool = True  # S4 block output: Linear(H, 2H) + GLU
     unet: bool = False  # also put n_layers blocks on the down path of each tier (paper: False)
     cauchy_backend: str = "auto"
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -60,12 +59,11 @@ class SaShiMiConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["pool"] = list(self.pool)
-        d.pop("extra")
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SaShiMiConfig":
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"model: unknown key(s) {unknown}; known keys: {sorted(known)}")
