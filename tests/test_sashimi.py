@@ -12,32 +12,31 @@ from sashimi.optim import make_optimizer
 SMALL = dict(d_model=16, n_layers=2, d_state=16, l_max=1024)
 
 
+def conv_and_step(model, tokens):
+    """The same tokens through convolution mode and through multi-rate step mode, one sample at a time."""
+    with torch.no_grad(), torch_threads(1):  # tiny per-step ops: one thread avoids OpenMP barriers
+        conv = model(tokens)
+        state, steps = model.default_state(tokens.shape[0]), []
+        for t in range(tokens.shape[1]):
+            logits, state = model.step(tokens[:, t], state)
+            steps.append(logits)
+    return conv, torch.stack(steps, 1), state
+
+
 @pytest.mark.parametrize("kernel", ["dplr", "s4d"])
 def test_multirate_step_equals_conv(kernel):
     """1030 samples (not a multiple of the total pool 16) through pool [4, 4]."""
     model = SaShiMi(SaShiMiConfig(kernel=kernel, **SMALL)).eval()
-    tokens = torch.randint(0, 256, (2, 1030))
-    with torch.no_grad(), torch_threads(1):
-        conv = model(tokens)
-        state, steps = model.default_state(2), []
-        for t in range(tokens.shape[1]):
-            logits, state = model.step(tokens[:, t], state)
-            steps.append(logits)
+    conv, steps, _ = conv_and_step(model, torch.randint(0, 256, (2, 1030)))
     # Logits are O(1-10); 16+ stacked float32 layers, FFT vs recurrence: 1e-4 absolute.
-    assert (torch.stack(steps, 1) - conv).abs().max() < 1e-4
+    assert (steps - conv).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("variant", [dict(unet=True, pool=(2, 4)), dict(pool=()), dict(pool=(3,), ff=0)])
 def test_other_variants_step_equal_conv(variant):
     model = SaShiMi(SaShiMiConfig(d_model=8, n_layers=1, d_state=8, l_max=256, **variant)).eval()
-    tokens = torch.randint(0, 256, (1, 70))
-    with torch.no_grad(), torch_threads(1):
-        conv = model(tokens)
-        state, steps = model.default_state(1), []
-        for t in range(70):
-            logits, state = model.step(tokens[:, t], state)
-            steps.append(logits)
-    assert (torch.stack(steps, 1) - conv).abs().max() < 1e-4
+    conv, steps, _ = conv_and_step(model, torch.randint(0, 256, (1, 70)))
+    assert (steps - conv).abs().max() < 1e-4
 
 
 def test_causal():
@@ -119,15 +118,9 @@ def test_step_constants_follow_parameter_updates():
     assert model.step_constants() is first  # unchanged weights: reused
     with torch.no_grad():
         model.center[0].s4.kernel.log_dt.add_(0.5)
-    tokens = torch.randint(0, 256, (1, 40))
-    with torch.no_grad(), torch_threads(1):
-        conv = model(tokens)
-        state, steps = model.default_state(1), []
-        for t in range(40):
-            logits, state = model.step(tokens[:, t], state)
-            steps.append(logits)
+    conv, steps, state = conv_and_step(model, torch.randint(0, 256, (1, 40)))
     assert state.consts is not first
-    assert (torch.stack(steps, 1) - conv).abs().max() < 1e-4
+    assert (steps - conv).abs().max() < 1e-4
     fresh = SaShiMi(SaShiMiConfig(d_model=8, n_layers=1, d_state=8, l_max=64))
     model.load_state_dict(fresh.state_dict())
     assert model.step_constants() is not state.consts
