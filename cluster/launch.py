@@ -123,11 +123,13 @@ def connect_ray(num_cpus: int | None = None) -> bool:
 
 
 def local_ray_init_kwargs(num_cpus: int | None = None) -> dict:
-    """ray.init arguments for the local cluster we start: no dashboard (were it enabled: on 127.0.0.1
-    only). Ray's own GCS/raylet gRPC servers listen on the node's address whatever ray.init is told
-    (Ray resolves 127.0.0.1 to the routable IP on Linux); Ray 2.60 protects them with token auth."""
+    """ray.init arguments for the local cluster we start: the dashboard on 127.0.0.1 only. (Ray Train's
+    placement-group cleaner polls the state API, which lives in the dashboard; without it every run
+    logs a warning a second.) Ray's own GCS/raylet gRPC servers listen on the node's address whatever
+    ray.init is told (Ray resolves 127.0.0.1 to the routable IP on Linux); Ray 2.60 protects them
+    with token auth."""
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
-    return {"num_cpus": num_cpus, "include_dashboard": False, "dashboard_host": LOOPBACK,
+    return {"num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": LOOPBACK,
             "runtime_env": {"env_vars": env} if env else None,
             "configure_logging": False}
 

@@ -94,8 +94,8 @@ def clean(env):
     return info
 
 
-def test_local_cluster_started_by_the_project_has_no_dashboard(env):
-    assert not env["dashboard"]  # include_dashboard=False: nothing listens for HTTP
+def test_local_cluster_started_by_the_project_serves_its_dashboard_on_loopback(env):
+    assert env["dashboard"] and env["dashboard"].split(":")[0] == "127.0.0.1", env["dashboard"]
 
 
 def test_sigkilled_worker_restarts_from_last_checkpoint(env, clean):

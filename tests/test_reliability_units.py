@@ -451,7 +451,7 @@ def test_reader_never_extracts_members_to_disk(tmp_path, shards, monkeypatch):
 
 # ---------------------------------------------------------------- servers on loopback
 
-def test_local_ray_cluster_has_no_dashboard_and_loopback_hosts(monkeypatch, capsys):
+def test_local_ray_cluster_dashboard_on_loopback(monkeypatch, capsys):
     import ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -460,7 +460,7 @@ def test_local_ray_cluster_has_no_dashboard_and_loopback_hosts(monkeypatch, caps
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     assert launch.connect_ray(2) is True
-    assert seen["include_dashboard"] is False and seen["dashboard_host"] == "127.0.0.1"
+    assert seen["include_dashboard"] is True and seen["dashboard_host"] == "127.0.0.1"
     assert seen["runtime_env"]["env_vars"]["SASHIMI_PROBE"] == "1" and seen["num_cpus"] == 2
     # the TensorBoard command the project prints binds to loopback too
     from cluster import quickstart
