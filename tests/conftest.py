@@ -18,3 +18,17 @@ def _seed():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if anything tries to start or join a Ray cluster (validation must come first)."""
+    import ray
+
+    from cluster import launch
+
+    def boom(*a, **k):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(launch, "connect_ray", boom)
+    monkeypatch.setattr(ray, "init", boom)

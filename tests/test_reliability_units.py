@@ -25,15 +25,6 @@ from data_prep.schema import SampleError, decode_sample
 
 # ---------------------------------------------------------------- helpers
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("Ray was started")
-
-    import ray
-
-    monkeypatch.setattr(launch, "connect_ray", boom)
-    monkeypatch.setattr(ray, "init", boom)
 
 
 @pytest.fixture(scope="module")
