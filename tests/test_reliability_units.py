@@ -25,8 +25,6 @@ from data_prep.schema import SampleError, decode_sample
 
 # ---------------------------------------------------------------- helpers
 
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     return make_demo_shards(tmp_path_factory.mktemp("demo"))
