@@ -75,27 +75,28 @@ class S4DKernel(_SSMKernel):
         self.B = _param(torch.ones(n_ssm, self.N2, dtype=torch.complex64), ssm=True)
 
     def _discrete(self, dtype):
+        """(ΔΛ, dA = exp(ΔΛ), dB = (dA - 1)/Λ · B): zero-order hold."""
         dt = self.dt(dtype.to_real() if dtype.is_complex else dtype)[:, None]
         Lam = self.Lambda(dtype)
-        dA = torch.exp(dt * Lam)
+        dtlam = dt * Lam
+        dA = torch.exp(dtlam)
         dB = (dA - 1) / Lam * self._per_channel(torch.view_as_complex(self.B)).to(dtype)
-        return dA, dB
+        return dtlam, dA, dB
 
     def forward(self, L: int) -> torch.Tensor:
-        dA, dB = self._discrete(torch.complex64)
-        dtlam = torch.log(dA)  # = ΔΛ, reused for the Vandermonde exponent
-        vander = torch.exp(dtlam.unsqueeze(-1) * torch.arange(L, device=dA.device))  # (H, N2, L)
+        dtlam, _, dB = self._discrete(torch.complex64)
+        vander = torch.exp(dtlam.unsqueeze(-1) * torch.arange(L, device=dB.device))  # (H, N2, L)
         return 2 * torch.einsum("hn,hnl->hl", self.Ct() * dB, vander).real
 
     @torch.no_grad()
     def step_params(self) -> dict:
-        dA, dB = self._discrete(torch.complex128)
+        _, dA, dB = self._discrete(torch.complex128)
         return {"dA": dA, "dB": dB, "C": self.Ct(torch.complex128), "G": None, "Q": None}
 
     @torch.no_grad()
     def dense_system(self):
         """Full-space (conjugates included) dA, dB, C in float64, for brute-force tests."""
-        dA, dB = self._discrete(torch.complex128)
+        _, dA, dB = self._discrete(torch.complex128)
         C = self.Ct(torch.complex128)
         full = lambda t: torch.cat([t, t.conj()], dim=-1)  # noqa: E731
         return torch.diag_embed(full(dA)), full(dB), full(C)
