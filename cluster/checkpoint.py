@@ -27,6 +27,10 @@ class NonFiniteCheckpointError(CheckpointError):
     """Refusing to save (or resume from) weights that contain NaN or Inf."""
 
 
+class WrongTaskError(ValueError):
+    """A checkpoint of one task (generate / classify) given to a tool for the other; names the file."""
+
+
 class CheckpointMismatchError(ValueError):
     """The checkpoint was written by a run whose model config differs from the current job's."""
 
@@ -147,14 +151,30 @@ def job_of(state: dict) -> dict:
     return json.loads(state["job_json"])
 
 
-def load_model(path: str | os.PathLike, map_location="cpu"):
-    """(model in eval mode, job dict) from a checkpoint: the model is built from the stored config."""
-    from sashimi import SaShiMi
-    from sashimi.config import SaShiMiConfig
+def task_name(job: dict) -> str:
+    """A stored job's task; checkpoints written before jobs had `task` are generative."""
+    return job.get("task") or "generate"
+
+
+def require_task(job: dict, task: str, path) -> None:
+    """Raise WrongTaskError (one line naming `path`) unless the checkpoint's job has this task."""
+    have = task_name(job)
+    if have != task:
+        hint = ("score it with `python -m cluster.mnist_demo classify-eval CHECKPOINT --data SHARDS`"
+                if have == "classify" else "it holds a SaShiMi generative model")
+        raise WrongTaskError(f"{path}: a task {have!r} checkpoint (job {job.get('name')!r}), not a {task!r} one; {hint}")
+
+
+def load_model(path: str | os.PathLike, map_location="cpu", task: str = "generate"):
+    """(model in eval mode, job dict) from a checkpoint: the model is built from the stored config.
+    `task` is what the caller can use (SaShiMi for "generate", S4Classifier for "classify"); a checkpoint
+    of the other task raises WrongTaskError."""
+    from .tasks import TASKS
 
     state = load_state(path, map_location)
     job = job_of(state)
-    model = SaShiMi(SaShiMiConfig.from_dict(job["model"]))
+    require_task(job, task, path)
+    model = TASKS[task].build_model(job["model"])
     model.load_state_dict(state["model"])
     return model.eval(), job
 
@@ -265,7 +285,7 @@ COMPARED_JOB_KEYS = ("data.quantization",)  # besides every model.* key
 
 
 def config_mismatch(stored_job: dict, job: dict) -> list[str]:
-    """Differences that make a checkpoint unusable for `job`: model config (normalised through
+    """Differences that make a checkpoint unusable for `job`: task, model config (normalised through
     SaShiMiConfig, so defaults spelled out or omitted compare equal) and data.quantization.
     Returns 'key: checkpoint X, job Y' strings (empty when compatible)."""
     from sashimi.config import SaShiMiConfig
@@ -277,8 +297,11 @@ def config_mismatch(stored_job: dict, job: dict) -> list[str]:
             return dict(j.get("model") or {})
 
     a, b = model_of(stored_job), model_of(job)
-    out = [f"model.{k}: checkpoint {a.get(k)!r}, job {b.get(k)!r}" for k in sorted(set(a) | set(b))
-           if a.get(k) != b.get(k)]
+    out = []
+    if task_name(stored_job) != task_name(job):  # different model class: nothing else would load either
+        out.append(f"task: checkpoint {task_name(stored_job)!r}, job {task_name(job)!r}")
+    out += [f"model.{k}: checkpoint {a.get(k)!r}, job {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
     for dotted in COMPARED_JOB_KEYS:
         sec, key = dotted.split(".")
         va, vb = (stored_job.get(sec) or {}).get(key), (job.get(sec) or {}).get(key)

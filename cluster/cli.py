@@ -10,14 +10,15 @@ from .config import JobConfigError
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sashimi-train",
-        description="Train SaShiMi with Ray Train from a job YAML. Re-running the same job resumes it.",
+        description="Train SaShiMi (task: generate) or the S4 classifier (task: classify) with Ray Train from a "
+                    "job YAML. Re-running the same job resumes it.",
         epilog="example: sashimi-train jobs/quickstart.yaml training.max_steps=200 scaling.num_workers=1")
     p.add_argument("job", help="job YAML (see jobs/)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value",
                    help="override job keys; values are parsed as YAML")
     p.add_argument("--fresh", action="store_true", help="delete the run's directory and start from step 0")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster (default: all)")
-    p.add_argument("--no-wav", action="store_true", help="skip writing a generated WAV at the end")
+    p.add_argument("--no-wav", action="store_true", help="skip writing a generated WAV at the end (generate jobs)")
     return p
 
 
@@ -27,9 +28,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         job = load_job(args.job, args.overrides)
-        if job.task != "generate":
-            raise JobConfigError(f"{args.job}: task: {job.task!r} jobs are not trained by sashimi-train; "
-                                 f"run: python -m cluster.mnist_demo classify {args.job}")
         from .quickstart import train_and_sample
 
         train_and_sample(job, args.job, fresh=args.fresh, num_cpus=args.num_cpus, write_wav=not args.no_wav)

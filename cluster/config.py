@@ -104,8 +104,9 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     seed: int = 0
-    # "generate": SaShiMi next-token training (sashimi-train); "classify": the S4 sequence
-    # classifier, run by `python -m cluster.mnist_demo classify` (sashimi-train refuses it).
+    # "generate": SaShiMi next-token training; "classify": the S4 sequence classifier
+    # (sashimi.classifier) on labelled samples, scored on the test split at the end. Both run through
+    # sashimi-train; cluster/tasks.py holds what differs.
     task: Literal["generate", "classify"] = "generate"
 
     def to_dict(self) -> dict:

@@ -21,6 +21,7 @@ batches. Shard members are only ever read as bytes (never extracted to disk, nev
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import re
 import sys
@@ -156,12 +157,14 @@ def tokens_from_sample(sample, crop: int | None, quantization: str, rng: random.
 
 
 class CropShuffle:
-    """Pipeline stage: decode, shuffle within a buffer, crop and quantise; RNG seeded per loader worker."""
+    """Pipeline stage: decode, shuffle within a buffer, crop and quantise; RNG seeded per loader worker.
+    With `n_labels` (classify jobs) each item also carries its label, checked to be in 0..n_labels-1."""
 
     def __init__(self, seed: int, crop: int | None, quantization: str, buffer: int,
-                 policy: BadSamplePolicy | None = None):
+                 policy: BadSamplePolicy | None = None, n_labels: int | None = None):
         self.seed, self.crop, self.quantization, self.buffer = seed, crop, quantization, buffer
         self.policy = policy or BadSamplePolicy("stop")
+        self.n_labels = n_labels
 
     def __call__(self, src: Iterator[dict]):
         rng = random.Random(mix_seed(self.seed, _loader_worker_id(), 1))
@@ -173,24 +176,41 @@ class CropShuffle:
             item = buf.pop(rng.randrange(len(buf)))
             sample = self.policy.decode(item)
             if sample is not None:
-                yield tokens_from_sample(sample, self.crop, self.quantization, rng)
+                out = make_item(sample, item, self.crop, self.quantization, rng, self.policy, self.n_labels)
+                if out is not None:
+                    yield out
+
+
+def make_item(sample, raw: dict, crop: int | None, quantization: str, rng: random.Random,
+              policy: BadSamplePolicy, n_labels: int | None):
+    """(tokens, mask), or (tokens, mask, label int64 scalar) when `n_labels` is set; None (after the
+    policy handled it) for a sample whose label is missing or out of range."""
+    tokens, mask = tokens_from_sample(sample, crop, quantization, rng)
+    if n_labels is None:
+        return tokens, mask
+    if sample.label is None or not 0 <= sample.label < n_labels:
+        policy.sample_error(raw, SampleError(f"sample {sample.key!r}: label {sample.label!r} is not in "
+                                             f"0..{n_labels - 1} (task classify)"))
+        return None
+    return tokens, mask, torch.tensor(sample.label, dtype=torch.int64)
 
 
 def collate(items):
-    tokens, masks = zip(*items)
-    return torch.stack(tokens), torch.stack(masks)
+    """Stack (tokens, mask[, label]) items into (tokens (B, L), mask (B, L)[, labels (B,)])."""
+    return tuple(torch.stack(column) for column in zip(*items))
 
 
 def train_loader(urls: list[str], *, seed: int, rank: int, start_step: int, n_batches: int, batch_size: int,
                  crop: int | None, quantization: str, shuffle_buffer: int = 64, loader_workers: int = 0,
-                 on_bad_sample: str = "skip"):
-    """Exactly `n_batches` batches (tokens (B, crop) int64, mask (B, crop) bool) for this rank's segment."""
+                 on_bad_sample: str = "skip", n_labels: int | None = None):
+    """Exactly `n_batches` batches (tokens (B, crop) int64, mask (B, crop) bool[, labels (B,) int64 when
+    `n_labels` is set]) for this rank's segment."""
     seg_seed = mix_seed(seed, rank, start_step)
     policy = BadSamplePolicy(on_bad_sample)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seg_seed, worker_seed=_loader_worker_id, deterministic=True),
         wds.tarfile_to_samples(handler=policy.tar_error),
-        CropShuffle(seg_seed, crop, quantization, shuffle_buffer, policy),
+        CropShuffle(seg_seed, crop, quantization, shuffle_buffer, policy, n_labels),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     )
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=loader_workers,
@@ -198,25 +218,35 @@ def train_loader(urls: list[str], *, seed: int, rank: int, start_step: int, n_ba
     return loader.with_epoch(n_batches)
 
 
-def val_batches(urls: list[str], *, n_batches: int, batch_size: int, crop: int | None, quantization: str,
-                seed: int = 0, on_bad_sample: str = "skip") -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first `n_batches` batches of the val split in shard order, with seeded crops: the same
-    examples at every evaluation, so val NLL is comparable across steps and across restarts."""
+def split_batches(urls: list[str], *, batch_size: int, crop: int | None, quantization: str, seed: int = 0,
+                  on_bad_sample: str = "skip", n_labels: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Every example of `urls` in shard order, in batches of `batch_size` (the last one may be short), with
+    seeded crops. Batches as train_loader's (with labels when `n_labels` is set)."""
     rng = random.Random(mix_seed(seed, 7919))
-    out, items = [], []
-    if n_batches <= 0:
-        return out
+    items = []
     policy = BadSamplePolicy(on_bad_sample)
     for raw in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=policy.tar_error)):
         sample = policy.decode(raw)
         if sample is None:
             continue
-        items.append(tokens_from_sample(sample, crop, quantization, rng))
+        item = make_item(sample, raw, crop, quantization, rng, policy, n_labels)
+        if item is None:
+            continue
+        items.append(item)
         if len(items) == batch_size:
-            out.append(collate(items))
+            yield collate(items)
             items = []
-            if len(out) == n_batches:
-                return out
     if items:
-        out.append(collate(items))  # a short last batch is fine: val runs on rank 0 only
-    return out
+        yield collate(items)
+
+
+def val_batches(urls: list[str], *, n_batches: int, batch_size: int, crop: int | None, quantization: str,
+                seed: int = 0, on_bad_sample: str = "skip", n_labels: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """The first `n_batches` batches of the val split in shard order, with seeded crops: the same
+    examples at every evaluation, so val metrics are comparable across steps and across restarts.
+    (A short last batch is fine: val runs on rank 0 only.)"""
+    if n_batches <= 0:
+        return []
+    return list(itertools.islice(split_batches(urls, batch_size=batch_size, crop=crop, quantization=quantization,
+                                               seed=seed, on_bad_sample=on_bad_sample, n_labels=n_labels),
+                                 n_batches))

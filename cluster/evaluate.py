@@ -179,7 +179,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     from data_prep.manifest import ManifestError, load_manifest, shard_paths
 
-    from .checkpoint import job_of, load_state
+    from .checkpoint import WrongTaskError, job_of, load_state, require_task
 
     a = parse_args(argv)
     try:
@@ -190,6 +190,11 @@ def main(argv=None) -> int:
         return 2
     step = int(state["step"])
     del state
+    try:
+        require_task(job, "generate", a.checkpoint)
+    except WrongTaskError as e:  # a classifier checkpoint: no NLL to score
+        print(f"sashimi-eval: {e}", file=sys.stderr)
+        return 2
     try:
         shards = shard_paths(a.data, a.split)
         clips = load_manifest(a.data)["splits"][a.split].get("clips")

@@ -105,13 +105,16 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from cluster.checkpoint import load_model, load_state
+    from cluster.checkpoint import WrongTaskError, load_model, load_state
     from cluster.tboard import decode_tokens, spectrogram_image
     from sashimi.generate import generate
 
     a = parse_args(argv)
     try:
         model, job = load_model(a.checkpoint)
+    except WrongTaskError as e:  # a classifier checkpoint: nothing to generate
+        print(f"sashimi-generate: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # missing file, not a checkpoint, wrong format version, bad job
         print(f"sashimi-generate: {a.checkpoint}: cannot load checkpoint: {e}", file=sys.stderr)
         return 2

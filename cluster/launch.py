@@ -65,7 +65,25 @@ def prepare(job: JobConfig, where: str, fresh: bool = False, log=print) -> dict:
         check_resume_compatible(job, run_dir, where, log)
     if job.checkpoint.init_from:
         check_init_from(job, where)
-    return {"job": job.to_dict(), "shards": shards, "sample_rate": sample_rate}
+    cfg = {"job": job.to_dict(), "shards": shards, "sample_rate": sample_rate}
+    if job.task == "classify":
+        cfg["test_split"], shards["test"] = test_split_of(job, shards, where)
+    return cfg
+
+
+def test_split_of(job: JobConfig, shards: dict, where: str) -> tuple[str, list[str]]:
+    """(split, shard paths) a classify run is scored on at the end: the manifest's "test" split, or the
+    val split when the dataset has no (or an empty) test split."""
+    from data_prep.manifest import load_manifest, shard_paths
+
+    if "test" in load_manifest(job.data.shards).get("splits", {}):
+        test = shard_paths(job.data.shards, "test")
+        if test:
+            return "test", test
+    if not shards["val"]:
+        raise JobConfigError(f"{where}: task classify: {job.data.shards} has neither a test split nor a "
+                             f"{job.data.val_split!r} split to report accuracy on")
+    return job.data.val_split, shards["val"]
 
 
 def check_resume_compatible(job: JobConfig, run_dir: str, where: str, log=print) -> None:

@@ -46,7 +46,8 @@ def train_and_sample(job: JobConfig, where: str, fresh: bool = False, num_cpus: 
     info = run(job, where, fresh=fresh, num_cpus=num_cpus)
     out = {"run_dir": info.run_dir, "tensorboard": info.tensorboard_dir, "checkpoint": info.checkpoint_dir,
            "metrics": info.metrics, "wav": None}
-    if write_wav and info.checkpoint_dir and not is_uri(info.checkpoint_dir) and job.data.quantization != "none":
+    if (write_wav and job.task == "generate" and info.checkpoint_dir and not is_uri(info.checkpoint_dir)
+            and job.data.quantization != "none"):
         n = job.eval.generate_samples or 16000
         step = int(info.metrics.get("step", 0))
         wav = write_sample_wav(info.checkpoint_dir, Path(info.run_dir) / "samples" / f"step{step:09d}.wav", n,
@@ -55,6 +56,16 @@ def train_and_sample(job: JobConfig, where: str, fresh: bool = False, num_cpus: 
     print("\n[sashimi] ---- summary ----")
     if "val_nll_bits" in info.metrics:
         print(f"[sashimi] final val NLL: {info.metrics['val_nll_bits']:.4f} bits (step {info.metrics.get('step')})")
+    if getattr(job, "task", None) == "classify":
+        from .tasks import TEST_RESULT_FILE, read_test_result
+
+        res = None if is_uri(info.run_dir) else read_test_result(info.run_dir, info.metrics.get("step"))
+        out["test_result"] = res
+        if res is not None:
+            print(f"[sashimi] test accuracy {res['accuracy']:.4f} on {res['examples']} digits "
+                  f"(split {res['split']!r}, step {res['step']}; {info.run_dir}/{TEST_RESULT_FILE})")
+        else:
+            print("[sashimi] test accuracy: see the worker log above and test/accuracy in TensorBoard")
     print(f"[sashimi] checkpoints: {info.run_dir}/checkpoint_step*  (latest {info.checkpoint_dir})")
     print(f"[sashimi] TensorBoard: tensorboard --logdir {info.run_dir} --host 127.0.0.1")
     if out["wav"]:

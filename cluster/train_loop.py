@@ -1,10 +1,12 @@
-"""The function every Ray Train worker runs: DDP training of SaShiMi on its own shard stream,
-periodic validation and checkpoints, TensorBoard on rank 0.
+"""The function every Ray Train worker runs: DDP training on its own shard stream, periodic
+validation and checkpoints, TensorBoard on rank 0. What depends on the job's `task` (model, batch
+contents, loss, validation metrics; a classifier's final test accuracy) lives in cluster/tasks.py.
 
 Collective discipline (a mismatch deadlocks DDP): every rank runs the same number of steps
 (fixed-size segments), calls `ray.train.report` at the same steps (checkpoint steps), and joins the
-same two collectives at evaluation steps (broadcast of val NLL) and checkpoint steps (gather of RNG
-states). Validation and generation themselves run on rank 0 only, on the unwrapped module.
+same two collectives at evaluation steps (broadcast of the val metrics) and checkpoint steps (gather of
+RNG states). Validation, generation and a classifier's final test evaluation run on rank 0 only, on
+the unwrapped module.
 """
 from __future__ import annotations
 
@@ -121,45 +123,23 @@ def nonfinite_step(loss_sum: float, grad_norm: float, device, world: int) -> boo
     return bad
 
 
-@torch.no_grad()
-def evaluate(model, batches, device, autocast) -> float:
-    """Mean val NLL in bits over all valid positions of `batches` (exact pooled average)."""
-    from sashimi.metrics import nll_bits_sum, shift_inputs
-    from sashimi.quantize import zero_class
-
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for tokens, mask in batches:
-        tokens, mask = tokens.to(device), mask.to(device)
-        with autocast():
-            logits = model(shift_inputs(tokens, zero_class()))
-        bits, n = nll_bits_sum(logits, tokens, mask)
-        total += bits
-        count += n
-    model.train(was_training)
-    return total / max(count, 1)
-
-
 def train_fn(cfg: dict) -> None:
-    """Ray Train worker entry point. cfg: {"job": JobConfig dict, "shards": {"train": [...], "val": [...]},
-    "sample_rate": int | None}."""
+    """Ray Train worker entry point. cfg: {"job": JobConfig dict, "shards": {"train": [...], "val": [...],
+    and for classify jobs "test": [...]}, "test_split": str (classify), "sample_rate": int | None}."""
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from sashimi import SaShiMi
-    from sashimi.config import SaShiMiConfig
-    from sashimi.metrics import nll_bits, shift_inputs
     from sashimi.optim import make_optimizer
-    from sashimi.quantize import zero_class
 
     from . import checkpoint as ckpt_io
     from .config import job_from_dict
     from .data import mix_seed, train_loader, val_batches
     from .schedule import LRSchedule
+    from .tasks import finish_classify, task_of, tb_tag
 
     job = job_from_dict(cfg["job"], "<job from driver>")
+    task = task_of(job)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     threads = job.scaling.torch_threads or max(1, int(job.scaling.resources_per_worker.get("CPU", 1)))
@@ -171,7 +151,7 @@ def train_fn(cfg: dict) -> None:
         _say("precision bf16 requested without a GPU: training in fp32")
 
     _seed_all(job.seed)  # same init on every rank (DDP also broadcasts rank 0's parameters)
-    raw_model = SaShiMi(SaShiMiConfig.from_dict(job.model))
+    raw_model = task.build_model(job.model)
     model = ray.train.torch.prepare_model(raw_model)  # moves to device; DDP when world > 1
     optimizer = make_optimizer(raw_model, lr=job.optim.lr, weight_decay=job.optim.weight_decay,
                                ssm_lr=job.optim.ssm_lr)
@@ -247,7 +227,8 @@ def train_fn(cfg: dict) -> None:
         loader = train_loader(cfg["shards"]["train"], seed=job.seed, rank=rank, start_step=step,
                               n_batches=(seg_end - step) * accum, batch_size=bs, crop=job.data.crop,
                               quantization=job.data.quantization, shuffle_buffer=job.data.shuffle_buffer,
-                              loader_workers=job.data.loader_workers, on_bad_sample=job.data.on_bad_sample)
+                              loader_workers=job.data.loader_workers, on_bad_sample=job.data.on_bad_sample,
+                              n_labels=task.n_labels)
         batches = iter(loader)
         while step < seg_end:
             t0 = time.perf_counter()
@@ -255,14 +236,11 @@ def train_fn(cfg: dict) -> None:
             data_wait, loss_sum = 0.0, 0.0
             for micro in range(accum):
                 td = time.perf_counter()
-                tokens, mask = next(batches)
-                tokens, mask = tokens.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+                batch = tuple(t.to(device, non_blocking=True) for t in next(batches))
                 data_wait += time.perf_counter() - td
                 sync = micro == accum - 1 or not hasattr(model, "no_sync")
                 with (contextlib.nullcontext() if sync else model.no_sync()):
-                    with autocast():
-                        logits = model(shift_inputs(tokens, zero_class()))
-                    loss = nll_bits(logits, tokens, mask)
+                    loss = task.loss(model, batch, autocast)
                     if step + 1 in nan_steps:
                         loss = loss * float("nan")  # test hook: a poisoned batch
                     (loss / accum).backward()
@@ -312,13 +290,13 @@ def train_fn(cfg: dict) -> None:
                 n = window["steps"]
                 n_ok = n - window.get("skipped", 0)  # skipped (non-finite) steps do not enter the mean loss
                 sps = n * bs * accum * world / max(window["time"], 1e-9)
-                scalars = {"train/loss_bits": window["loss"] / n_ok if n_ok else float("nan"), "train/lr": optimizer.param_groups[0]["lr"],
+                scalars = {task.loss_tag: window["loss"] / n_ok if n_ok else float("nan"), "train/lr": optimizer.param_groups[0]["lr"],
                            "train/grad_norm": grad_norm, "train/nonfinite_steps": nonfinite_total,
                            "perf/samples_per_s": sps,
                            "perf/step_time_s": window["time"] / n, "perf/data_wait_s": window["data"] / n,
                            **_memory_metrics(device)}
                 writer.scalars(scalars, step)
-                _say(f"step {step}/{job.training.max_steps} loss {scalars['train/loss_bits']:.4f} bits "
+                _say(f"step {step}/{job.training.max_steps} loss {scalars[task.loss_tag]:.4f} {task.loss_unit} "
                       f"lr {scalars['train/lr']:.2e} gnorm {grad_norm:.3f} {sps:.1f} samples/s "
                       f"data wait {1000 * window['data'] / n:.1f} ms/step")
                 window = {"time": 0.0, "data": 0.0, "steps": 0, "loss": 0.0}
@@ -330,24 +308,25 @@ def train_fn(cfg: dict) -> None:
                 metrics["perf_step_time_s"] = totals["time"] / totals["steps"]
                 metrics["perf_data_wait_s_per_step"] = totals["data"] / totals["steps"]
             if job.eval.val_batches and (step % job.eval.every == 0 or step == job.training.max_steps):
-                val_nll = torch.zeros((), dtype=torch.float64, device=device)
+                val_vec = torch.zeros(len(task.val_keys), dtype=torch.float64, device=device)
                 if rank == 0:
                     if val is None:
                         val = val_batches(cfg["shards"]["val"], n_batches=job.eval.val_batches,
                                           batch_size=job.eval.val_batch_size, crop=job.data.crop,
                                           quantization=job.data.quantization, seed=job.seed,
-                                          on_bad_sample=job.data.on_bad_sample)
+                                          on_bad_sample=job.data.on_bad_sample, n_labels=task.n_labels)
                     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                        val_nll.fill_(evaluate(raw_model, val, device, autocast))
-                        writer.scalars({"val/nll_bits": float(val_nll)}, step)
-                        _say(f"step {step} val NLL {float(val_nll):.4f} bits")
-                        if job.eval.generate_samples:
+                        res = task.evaluate(raw_model, val, device, autocast)
+                        val_vec.copy_(torch.tensor([res[k] for k in task.val_keys], dtype=torch.float64))
+                        writer.scalars({tb_tag(k): res[k] for k in task.val_keys}, step)
+                        _say(f"step {step} {task.val_line(res)}")
+                        if job.eval.generate_samples and task.name == "generate":
                             writer.generated(raw_model, job.eval.generate_samples, step, seed=mix_seed(job.seed, step))
                 if world > 1:
-                    torch.distributed.broadcast(val_nll, src=0)
-                metrics["val_nll_bits"] = float(val_nll)
-                if sched.observe(float(val_nll)) and rank == 0:
-                    _say(f"val NLL plateaued: lr scale now {sched.plateau_scale:g}")
+                    torch.distributed.broadcast(val_vec, src=0)
+                metrics.update({k: float(v) for k, v in zip(task.val_keys, val_vec.tolist())})
+                if sched.observe(metrics[task.plateau_key]) and rank == 0:
+                    _say(f"{task.plateau_key} plateaued: lr scale now {sched.plateau_scale:g}")
 
             if step % every == 0 or step == job.training.max_steps:
                 # DDP keeps the weights identical on every rank, so all ranks reach the same verdict here
@@ -366,7 +345,7 @@ def train_fn(cfg: dict) -> None:
                     state = ckpt_io.make_state(
                         model_state=raw_model.state_dict(), optimizer_state=optimizer.state_dict(),
                         scheduler_state=sched.state_dict(), step=step, data_seed=job.seed, world_size=world,
-                        job=job.to_dict(), metrics={k: v for k, v in metrics.items() if k == "val_nll_bits"})
+                        job=job.to_dict(), metrics={k: v for k, v in metrics.items() if k in task.val_keys})
                     state["rng"]["per_rank"] = per_rank
                     state["nonfinite_steps"] = nonfinite_total
                     name = ckpt_io.checkpoint_dir_name(step, ckpt_suffix)
@@ -380,5 +359,10 @@ def train_fn(cfg: dict) -> None:
                 else:
                     ray.train.report(metrics, checkpoint=None)
         del batches, loader
+    if task.name == "classify" and rank == 0:
+        # After the last step (also when a finished run is re-run): score the whole test split. No
+        # collective follows, so the other ranks simply finish; the driver reads test_result.json.
+        finish_classify(job, raw_model, cfg["shards"]["test"], cfg["test_split"], step, device, autocast, writer,
+                        run_dir, _say)
     if writer is not None:
         writer.close()

@@ -139,13 +139,3 @@ def demo_shards(tmp_path_factory):
     from cluster_helpers import make_demo_shards
 
     return make_demo_shards(tmp_path_factory.mktemp("demo"))
-
-
-def test_sashimi_train_refuses_a_classifier_job(capsys):
-    """jobs/smnist-classify.yaml shares the schema; sashimi-train must not silently train SaShiMi on it."""
-    from cluster.cli import main
-
-    assert main([str(REPO / "jobs" / "smnist-classify.yaml")]) == 2
-    err = capsys.readouterr().err
-    assert "smnist-classify.yaml" in err and "task" in err and "mnist_demo classify" in err
-    assert load_job(REPO / "jobs" / "smnist-classify.yaml").task == "classify"

@@ -1,14 +1,13 @@
 """MNIST demos on shards written by sashimi-prep from small IDX files: digit completion from the
-top rows (PNG grid + pixels) and the S4 sequence classifier's train/test path."""
+top rows (PNG grid + pixels) and pixel NLL. (The S4 classifier, trained by sashimi-train: test_cluster_classify.py.)"""
 import json
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
-from cluster.mnist_demo import GEN_RGB, PRIME_RGB, completion_grid, load_classifier, load_digits, main
+from cluster.mnist_demo import GEN_RGB, PRIME_RGB, completion_grid, load_digits, main
 from data_prep.cli import main as prep_main
 from sashimi.metrics import shift_inputs
 from test_gen_eval_helpers import make_checkpoint, write_mnist_idx
@@ -50,43 +49,6 @@ def test_complete_refuses_audio_checkpoint(tmp_path, mnist, capsys):
     ckpt, _, _ = make_checkpoint(tmp_path / "ck")
     assert main(["complete", str(ckpt), "--data", str(mnist[0]), "--out", str(tmp_path / "g.png")]) == 2
     assert "quantization 'mu-law'" in capsys.readouterr().err
-
-
-def test_classifier_trains_and_reports_test_accuracy(tmp_path, mnist):
-    shards, sets = mnist
-    job = yaml.safe_load(open("jobs/smnist-classify.yaml"))
-    job["data"]["shards"] = str(shards)
-    job["checkpoint"]["storage"] = str(tmp_path / "runs")
-    job["model"] = {"d_model": 16, "n_layers": 1, "d_state": 8, "kernel": "s4d", "ff": 0, "l_max": 784}
-    job["training"].update(max_steps=30, batch_per_worker=8)
-    job["schedule"] = {"kind": "constant"}
-    job["optim"]["lr"] = 3e-2
-    job["eval"] = {"every": 15, "val_batches": 2, "val_batch_size": 16}
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    assert main(["classify", str(path), "--quiet", "--threads", "2"]) == 0
-    res = json.loads((tmp_path / "runs" / "smnist-classify" / "classify_result.json").read_text())
-    assert res["test_examples"] == 60 and [h["step"] for h in res["history"]] == [15, 30]
-    assert res["test_accuracy"] >= 0.8  # chance is 0.1
-    model, saved_job = load_classifier(res["checkpoint"])
-    assert saved_job["model"]["d_model"] == 16
-    x, y = sets["t10k"]
-    with torch.no_grad():
-        pred = model(torch.from_numpy(x.reshape(60, 784).astype(np.int64))).argmax(-1).numpy()
-    assert res["test_accuracy"] == pytest.approx(float((pred == y).mean()))
-    out = tmp_path / "acc.json"
-    assert main(["classify-eval", res["checkpoint"], "--data", str(shards), "--out", str(out), "--quiet"]) == 0
-    assert json.loads(out.read_text())["accuracy"] == pytest.approx(res["test_accuracy"])
-
-
-def test_classify_job_errors_name_file(tmp_path, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\ndata: {quantization: mu-law, shards: /nowhere}\nmodel: {l_max: 784}\n")
-    assert main(["classify", str(bad), "--quiet"]) == 2
-    assert "bad.yaml" in capsys.readouterr().err
-    (tmp_path / "junk.pt").write_bytes(b"junk")
-    assert main(["classify-eval", str(tmp_path / "junk.pt"), "--data", "/nowhere"]) == 2
-    assert "junk.pt" in capsys.readouterr().err
 
 
 def test_eval_pixel_checkpoint_bits_per_pixel(tmp_path, mnist):

@@ -1,0 +1,158 @@
+"""What differs between the two kinds of job that sashimi-train runs (`task:` in the job YAML).
+
+generate: SaShiMi, batches (tokens, mask), loss = next-token NLL in bits, validation = val NLL.
+classify: sashimi.classifier.S4Classifier, batches (tokens, mask, labels), loss = cross-entropy (nats)
+          over N_LABELS classes, validation = val accuracy and val cross-entropy, and after the last
+          step the accuracy on the whole test split (`finish_classify`).
+
+Everything else (DDP, data streams, checkpoints, resume, TensorBoard, failures) is shared in
+cluster/train_loop.py. Metric names are "val_<x>" in Ray's metrics and "val/<x>" in TensorBoard.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+N_LABELS = 10  # digits; classify samples must carry a label in 0..N_LABELS-1
+TEST_RESULT_FILE = "test_result.json"  # <storage>/<name>/test_result.json, written after a classify run
+
+
+class GenerateTask:
+    name = "generate"
+    n_labels = None  # batches without labels
+    loss_tag, loss_unit = "train/loss_bits", "bits"
+    val_keys = ("val_nll_bits",)  # broadcast to every rank, in this order
+    plateau_key = "val_nll_bits"  # what the plateau schedule watches (lower is better)
+
+    def build_model(self, model_cfg: dict) -> torch.nn.Module:
+        from sashimi import SaShiMi
+        from sashimi.config import SaShiMiConfig
+
+        return SaShiMi(SaShiMiConfig.from_dict(model_cfg))
+
+    def loss(self, model, batch, autocast) -> torch.Tensor:
+        from sashimi.metrics import nll_bits, shift_inputs
+        from sashimi.quantize import zero_class
+
+        tokens, mask = batch
+        with autocast():
+            logits = model(shift_inputs(tokens, zero_class()))
+        return nll_bits(logits, tokens, mask)
+
+    @torch.no_grad()
+    def evaluate(self, model, batches, device, autocast) -> dict:
+        """Mean val NLL in bits over all valid positions of `batches` (exact pooled average)."""
+        from sashimi.metrics import nll_bits_sum, shift_inputs
+        from sashimi.quantize import zero_class
+
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for tokens, mask in batches:
+            tokens, mask = tokens.to(device), mask.to(device)
+            with autocast():
+                logits = model(shift_inputs(tokens, zero_class()))
+            bits, n = nll_bits_sum(logits, tokens, mask)
+            total += bits
+            count += n
+        model.train(was_training)
+        return {"val_nll_bits": total / max(count, 1)}
+
+    def val_line(self, res: dict) -> str:
+        return f"val NLL {res['val_nll_bits']:.4f} bits"
+
+
+class ClassifyTask:
+    name = "classify"
+    n_labels = N_LABELS
+    loss_tag, loss_unit = "train/loss", "nats"
+    val_keys = ("val_loss", "val_accuracy")
+    plateau_key = "val_loss"
+
+    def build_model(self, model_cfg: dict) -> torch.nn.Module:
+        from sashimi.classifier import S4Classifier
+        from sashimi.config import SaShiMiConfig
+
+        return S4Classifier(SaShiMiConfig.from_dict(model_cfg), n_labels=N_LABELS)
+
+    def loss(self, model, batch, autocast) -> torch.Tensor:
+        tokens, mask, labels = batch
+        with autocast():
+            logits = model(tokens, mask)
+        return F.cross_entropy(logits.float(), labels)
+
+    @torch.no_grad()
+    def evaluate(self, model, batches, device, autocast) -> dict:
+        """Accuracy and mean cross-entropy (nats) over every example of `batches`, plus the count."""
+        was_training = model.training
+        model.eval()
+        correct, loss, n = 0, 0.0, 0
+        for tokens, mask, labels in batches:
+            tokens, mask, labels = tokens.to(device), mask.to(device), labels.to(device)
+            with autocast():
+                logits = model(tokens, mask).float()
+            correct += int((logits.argmax(-1) == labels).sum())
+            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+            n += len(labels)
+        model.train(was_training)
+        return {"val_loss": loss / max(n, 1), "val_accuracy": correct / max(n, 1), "examples": n}
+
+    def val_line(self, res: dict) -> str:
+        return f"val accuracy {res['val_accuracy']:.4f} loss {res['val_loss']:.4f} nats ({res['examples']} examples)"
+
+
+TASKS = {"generate": GenerateTask(), "classify": ClassifyTask()}
+
+
+def task_of(job) -> GenerateTask | ClassifyTask:
+    """The task of a JobConfig or a job dict (checkpoints written before `task` existed are generate)."""
+    name = job.get("task", "generate") if isinstance(job, dict) else job.task
+    return TASKS[name]
+
+
+def tb_tag(key: str) -> str:
+    """"val_nll_bits" -> "val/nll_bits"."""
+    return key.replace("_", "/", 1)
+
+
+def read_test_result(run_dir: str, step: int | None = None) -> dict | None:
+    """The test_result.json a classify run wrote in its (local) run dir, if any (and if for `step`)."""
+    try:
+        res = json.loads((Path(run_dir) / TEST_RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return res if step is None or res.get("step") == step else None
+
+
+def finish_classify(job, model, urls: list[str], split: str, step: int, device, autocast, writer, run_dir,
+                    log) -> dict:
+    """Rank 0 after the last step of a classify run: accuracy on every example of `split` (the test split,
+    or val when the dataset has none), logged to TensorBoard (test/accuracy, test/loss), printed, and
+    written to <run_dir>/test_result.json when the run dir is local (the driver prints it from there).
+    Returns the test_* metrics."""
+    from .data import split_batches
+
+    batches = split_batches(urls, batch_size=job.eval.val_batch_size, crop=job.data.crop,
+                            quantization=job.data.quantization, seed=job.seed,
+                            on_bad_sample=job.data.on_bad_sample, n_labels=N_LABELS)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        r = TASKS["classify"].evaluate(model, batches, device, autocast)
+    if not r["examples"]:
+        raise ValueError(f"job {job.name!r}: split {split!r} of {job.data.shards} holds no labelled examples")
+    out = {"test_accuracy": r["val_accuracy"], "test_loss": r["val_loss"], "test_examples": r["examples"]}
+    writer.scalars({"test/accuracy": out["test_accuracy"], "test/loss": out["test_loss"]}, step)
+    writer.flush()
+    log(f"test accuracy {out['test_accuracy']:.4f} on {out['test_examples']} digits "
+        f"(split {split!r}, step {step}, loss {out['test_loss']:.4f} nats)")
+    if run_dir is not None:
+        result = {"job": job.name, "task": "classify", "step": step, "split": split, "shards": job.data.shards,
+                  "examples": out["test_examples"], "accuracy": out["test_accuracy"], "loss_nats": out["test_loss"]}
+        path = Path(run_dir) / TEST_RESULT_FILE
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, path)
+    return out
