@@ -93,7 +93,8 @@ def parse_args(argv):
     p.add_argument("--sample-rate", type=int, help="override the rate (default: the job's manifest, else 16000)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads while stepping (default: 1 below batch 8, else all cores)")
+                   help="intra-op threads while stepping (default: all cores when compiled; eager: 1 below batch 8, "
+                        "else all)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -145,7 +146,8 @@ def main(argv=None) -> int:
     compile_s = 0.0
     if a.compile:  # compile every tier at this batch size first, so the timing below is steady state
         t0 = time.perf_counter()
-        generate(model, 2 * model.config.total_pool, batch=a.batch, seed=0, threads=a.threads, compile=True)
+        generate(model, 2 * model.config.total_pool, batch=a.batch, temperature=a.temperature, top_p=a.top_p,
+                 seed=0, threads=a.threads, compile=True)
         compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     tokens, logp = generate(model, n, batch=a.batch, temperature=a.temperature, top_p=a.top_p, prime=prime,

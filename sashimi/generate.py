@@ -14,15 +14,6 @@ from .model import SaShiMi, SaShiMiState
 from .quantize import zero_class
 
 
-def _compile_settings(device: torch.device):
-    """Inductor settings for step mode: weights frozen as constants and, on the CPU, C++ GEMM
-    templates for the tiny matrix-vector products (no per-call dispatch into BLAS)."""
-    import torch._inductor.config as inductor_config  # noqa: PLC0415
-
-    backends = "CPP,ATEN" if device.type == "cpu" else "ATEN,TRITON"
-    return inductor_config.patch(freezing=True, max_autotune_gemm_backends=backends)
-
-
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     old = torch.get_num_threads()
@@ -50,38 +41,51 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_p: float =
 
 class _Sampler:
     """Per-step sampling for generate(). With top_p = 1 it uses the Gumbel-max trick:
-    argmax(logits + T·g), g = -log(E), E ~ Exp(1), is an exact draw from softmax(logits / T),
-    and the noise is drawn in blocks, so a step costs an add and an argmax."""
+    argmax(logits + T·g), g = -log(E), E ~ Exp(1), is an exact draw from softmax(logits / T).
+    The noise is drawn in blocks and handed to the model's outer tier (``noise``), which adds it
+    and takes the argmax inside its own (compiled) step; temperature 0 is zero noise (greedy)."""
 
     BLOCK = 512
 
-    def __init__(self, temperature: float, top_p: float, generator: torch.Generator):
+    def __init__(self, temperature: float, top_p: float, generator: torch.Generator, shape: tuple, device):
         self.temperature, self.top_p, self.gen = temperature, top_p, generator
-        self.noise, self.used = None, self.BLOCK
+        self.shape, self.device, self.rows = shape, device, []
+        self.zeros = torch.zeros(shape, device=device) if temperature <= 0 else None
+
+    @property
+    def fused(self) -> bool:
+        """Whether the draw is an argmax over logits + noise (else: a nucleus draw after the step)."""
+        return self.top_p >= 1.0 or self.temperature <= 0
+
+    def noise(self) -> torch.Tensor:
+        if self.zeros is not None:
+            return self.zeros
+        if not self.rows:
+            noise = torch.empty((self.BLOCK, *self.shape), dtype=torch.float32, device=self.device)
+            noise = noise.exponential_(generator=self.gen).log_().mul_(-self.temperature)
+            self.rows = list(noise.unbind(0))[::-1]  # popped from the end: rows in drawing order
+        return self.rows.pop()
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.temperature <= 0 or self.top_p < 1.0:
+        if not self.fused:
             return sample_logits(logits, self.temperature, self.top_p, self.gen)
-        if self.used == self.BLOCK:
-            shape = (self.BLOCK,) + logits.shape
-            noise = torch.empty(shape, dtype=torch.float32, device=logits.device)
-            self.noise = noise.exponential_(generator=self.gen).log_().mul_(-self.temperature)
-            self.used = 0
-        self.used += 1
-        return (logits + self.noise[self.used - 1]).argmax(-1)
+        return (logits + self.noise()).argmax(-1)
+
+
+def _step_through(model: SaShiMi, prime: torch.Tensor) -> tuple[torch.Tensor, SaShiMiState]:
+    """State after every priming token but the last, and that last token (the next step's input)."""
+    state = model.default_state(prime.shape[0], prime.device)
+    inputs = shift_inputs(prime, zero_class())
+    for t in range(prime.shape[1]):
+        _, state = model.step(inputs[:, t], state)
+    return prime[:, -1], state
 
 
 @torch.inference_mode()
 def prime_state(model: SaShiMi, prime: torch.Tensor) -> tuple[torch.Tensor, SaShiMiState]:
     """Step through priming tokens (B, P); returns the logits for the next token and the state."""
-    state = model.default_state(prime.shape[0], prime.device)
-    inputs = shift_inputs(prime, zero_class())
-    logits = None
-    for t in range(prime.shape[1]):
-        logits, state = model.step(inputs[:, t], state)
-    last = prime[:, -1]
-    logits, state = model.step(last, state)
-    return logits, state
+    last, state = _step_through(model, prime)
+    return model.step(last, state)
 
 
 @torch.inference_mode()
@@ -90,44 +94,50 @@ def generate(model: SaShiMi, n_samples: int, batch: int = 1, temperature: float 
              progress: bool = False, compile: bool = False, return_logprobs: bool = False):
     """Sample ``n_samples`` tokens per sequence after an optional ``prime`` (B, P) -> (B, n_samples).
 
-    ``compile=True`` fuses each tier's step with torch.compile: ~3x faster per sample after a
-    one-off compilation of about a minute, so it pays off for long generations.
+    ``compile=True`` runs each tier's step as one Inductor-compiled function: 3-5x faster per
+    sample after a one-off compilation of about a minute, so it pays off for long generations.
     ``return_logprobs=True`` also returns (B, n_samples) float64 natural-log probabilities of the
-    drawn tokens under the model itself (temperature 1, no nucleus): the sample's log-likelihood."""
+    drawn tokens under the model itself (temperature 1, no nucleus): the sample's log-likelihood.
+    ``threads``: intra-op threads while stepping; by default all of them when compiled (its
+    kernels parallelise only loops big enough to pay for it), else 1 below batch 8 (eager tiny
+    ops: thread barriers cost more than the arithmetic)."""
     was_training = model.training
     model.eval()
     device = model.head.weight.device
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else torch.seed())
-    out = torch.empty(batch if prime is None else prime.shape[0], n_samples, dtype=torch.long, device=device)
-    logp = torch.empty(out.shape, dtype=torch.float64, device=device) if return_logprobs else None
-    if threads is None:  # tiny per-step tensors: extra threads only add barriers until the batch grows
-        threads = 1 if out.shape[0] < 8 else torch.get_num_threads()
+    B = batch if prime is None else prime.shape[0]
+    if threads is None:
+        threads = torch.get_num_threads() if compile or B >= 8 else 1
     model.compile_step(compile)
     model.step_constants()  # float64 setup: with all threads, before step mode drops to `threads`
-    settings = _compile_settings(device) if compile else contextlib.nullcontext()
-    with torch_threads(threads), settings:
+    tokens, logps = [], []
+    with torch_threads(threads):
         if prime is not None and prime.shape[1] > 0:
-            logits, state = prime_state(model, prime.to(device))
+            tok, state = _step_through(model, prime.to(device))
         else:
-            state = model.default_state(out.shape[0], device)
-            start = torch.full((out.shape[0],), zero_class(), dtype=torch.long, device=device)
-            logits, state = model.step(start, state)
+            state = model.default_state(B, device)
+            tok = torch.full((B,), zero_class(), dtype=torch.long, device=device)
         steps = range(n_samples)
         if progress:
             from tqdm import tqdm  # noqa: PLC0415
 
-            steps = tqdm(steps, desc="generating", unit="sample", unit_scale=out.shape[0])
-        draw = _Sampler(temperature, top_p, gen)
-        for t in steps:
-            tok = draw(logits)
-            out[:, t] = tok
-            if logp is not None:
-                logp[:, t] = torch.log_softmax(logits.double(), -1).gather(-1, tok[:, None])[:, 0]
-            if t + 1 < n_samples:
+            steps = tqdm(steps, desc="generating", unit="sample", unit_scale=B)
+        draw = _Sampler(temperature, top_p, gen, (B, model.config.n_classes), device)
+        for _ in steps:
+            if draw.fused:  # the outer tier draws the token itself
+                logits, tok = model.sample_step(tok, state, draw.noise())
+            else:
                 logits, state = model.step(tok, state)
+                tok = draw(logits)
+            tokens.append(tok)
+            if return_logprobs:
+                logps.append(torch.log_softmax(logits.double(), -1).gather(-1, tok[:, None])[:, 0])
     model.train(was_training)
-    return (out, logp) if return_logprobs else out
+    out = torch.stack(tokens, 1) if tokens else torch.empty(B, 0, dtype=torch.long, device=device)
+    if not return_logprobs:
+        return out
+    return out, (torch.stack(logps, 1) if logps else torch.empty(B, 0, dtype=torch.float64, device=device))
 
 
 @torch.inference_mode()

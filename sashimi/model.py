@@ -12,7 +12,7 @@ inputs, its UpPool hands out cached outputs), which is what makes generation fas
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from torch import nn
 
 from .blocks import DownPool, S4Block, UpPool, make_blocks
 from .config import SaShiMiConfig
+from .tier_step import CompiledTier, TierStep, tier_s4_blocks
 
 
 @dataclass
@@ -28,11 +29,10 @@ class SaShiMiState:
     derived from the parameters when it was made (make a new state after changing weights)."""
 
     t: int
-    ssm: list  # per S4 layer, in module order: (B, H, N/2) complex
+    ssm: list  # per S4 layer, in module order: (B, H, 2, N/2) real state
     consts: list  # per S4 layer: parameter-only step constants
-    down_buf: list  # per pooling level: (B, p, H) inputs waiting to be pooled
-    up_buf: list  # per pooling level: (B, p, H) outputs for the next p steps
-    tier_consts: dict = field(default_factory=dict)  # cache: the consts of each tier's S4 blocks
+    down_buf: list  # per pooling level: the p inputs (B, H) that level pools next
+    up_buf: list  # per pooling level: the p outputs (B, H) of the previous pooled step
 
 
 class SaShiMi(nn.Module):
@@ -110,85 +110,86 @@ class SaShiMi(nn.Module):
     @torch.no_grad()
     def default_state(self, batch: int, device=None) -> SaShiMiState:
         device = device or self.head.weight.device
-        s4s = self._s4_blocks()
         widths = [p.proj.in_features // p.pool for p in self.down_pools]
         return SaShiMiState(
             t=0,
-            ssm=[b.s4.default_state(batch, device) for b in s4s],
+            ssm=[b.s4.default_state(batch, device) for b in self._s4_blocks()],
             consts=self.step_constants(),
-            down_buf=[torch.zeros(batch, p, h, device=device) for p, h in zip(self.config.pool, widths)],
-            up_buf=[torch.zeros(batch, p, h, device=device) for p, h in zip(self.config.pool, widths)],
+            down_buf=[[torch.zeros(batch, h, device=device) for _ in range(p)] for p, h in zip(self.config.pool, widths)],
+            up_buf=[[torch.zeros(batch, h, device=device) for _ in range(p)] for p, h in zip(self.config.pool, widths)],
         )
 
     def compile_step(self, enable: bool = True) -> None:
-        """Run each tier's blocks as one torch.compile'd function in step mode.
+        """Run each tier's step as one Inductor-compiled function (see tier_step.CompiledTier).
 
         Per-step tensors are tiny, so eager step mode is bound by per-op overhead; fusing a
         tier's ~80 ops into a few C++ (or CUDA) kernels removes most of it. Compilation takes
-        tens of seconds once per batch size; it pays off for long generations."""
-        if getattr(self, "_compile", False) != enable:
-            self._runners = {}
+        tens of seconds per tier and batch size; it pays off for long generations. Weights and
+        step constants are frozen into the compiled code: a weight change makes new constants
+        (``step_constants``), hence new tiers, compiled afresh."""
         self._compile = enable
 
-    def _runner(self, blocks, tail: tuple = ()):
-        runners = self.__dict__.setdefault("_runners", {})
-        if id(blocks) not in runners:
-            def run(x, ssm, consts):
-                ssm, j = list(ssm), 0
-                for blk in blocks:
-                    if isinstance(blk, S4Block):
-                        x, ssm[j] = blk.step(x, ssm[j], consts[j])
-                        j += 1
-                    else:
-                        x = blk(x)
-                for module in tail:  # the output norm and head ride along with the outer tier
-                    x = module(x)
-                return x, ssm
+    def _tiers(self, consts: list) -> list:
+        """The TierStep of each level for these step constants (and, per tier, the positions of
+        its S4 layers in ``state.ssm``), built once per constants and compile setting."""
+        compiled = getattr(self, "_compile", False)
+        cached = self.__dict__.get("_tier_steps")
+        if cached is not None and cached[0] is consts and cached[1] == compiled:
+            return cached[2]
+        pos = {b: i for i, b in enumerate(self._s4_blocks())}
+        tiers = []
+        for level in range(len(self.config.pool) + 1):
+            idx = [pos[b] for b in tier_s4_blocks(self, level)]
+            tier = TierStep(self, level, [consts[i] for i in idx])
+            run = CompiledTier(tier) if compiled else tier
+            tiers.append((run, idx))
+        self.__dict__["_tier_steps"] = (consts, compiled, tiers)
+        return tiers
 
-            if getattr(self, "_compile", False):
-                run = torch.compile(run, dynamic=False, mode="max-autotune-no-cudagraphs")
-            runners[id(blocks)] = run
-        return runners[id(blocks)]
-
-    def _run_blocks(self, blocks, x, state, idx, tail: tuple = ()):
-        if not len(blocks) and not tail:
-            return x
-        ids = idx[id(blocks)]
-        consts = state.tier_consts.get(id(blocks))
-        if consts is None:  # constants never change within one state: gather them once
-            consts = state.tier_consts[id(blocks)] = [state.consts[i] for i in ids]
-        x, new = self._runner(blocks, tail)(x, [state.ssm[i] for i in ids], consts)
-        for i, t in zip(ids, new):
+    def _pool_up(self, level: int, pos: int, state: SaShiMiState, tiers: list) -> None:
+        """Level ``level - 1`` has filled its p inputs: advance ``level`` by one of its steps."""
+        run, idx = tiers[level]
+        pool, n = self.config.pool, len(self.config.pool)
+        up = None if level == n else state.up_buf[level][pos % pool[level]]
+        out, s, new = run(state.down_buf[level - 1], up, [state.ssm[i] for i in idx])
+        for i, t in zip(idx, new):
             state.ssm[i] = t
-        return x
-
-    def _level_step(self, level: int, x: torch.Tensor, pos: int, state: SaShiMiState, idx) -> torch.Tensor:
-        if level == len(self.down_pools):
-            return self._run_blocks(self.center, x, state, idx) + x
-        s = self._run_blocks(self.down_blocks[level], x, state, idx)
-        p = self.config.pool[level]
-        j = pos % p
-        up = state.up_buf[level][:, j]  # produced from the previous pooled step (the causal shift)
-        state.down_buf[level][:, j] = s
-        if j == p - 1:
-            z = self.down_pools[level].proj(state.down_buf[level].reshape(x.shape[0], -1))
-            y = self._level_step(level + 1, z, pos // p, state, idx)
-            state.up_buf[level] = self.up_pools[level].chunk(y)
-        tail = (self.norm, self.head) if level == 0 else ()
-        return self._run_blocks(self.up_blocks[level], up + s, state, idx, tail)
+        if level < n:
+            j = pos % pool[level]
+            state.down_buf[level][j] = s
+            if j == pool[level] - 1:
+                self._pool_up(level + 1, pos // pool[level], state, tiers)
+        state.up_buf[level - 1] = list(out)
 
     def step(self, tokens: torch.Tensor, state: SaShiMiState) -> tuple[torch.Tensor, SaShiMiState]:
-        """One sample: tokens (B,) int64 -> (logits (B, n_classes), state). Updates ``state`` in place."""
-        idx = self.__dict__.get("_tier_index")
-        if idx is None:  # per block list: the positions of its S4 blocks in state.ssm
-            pos = {b: i for i, b in enumerate(self._s4_blocks())}
-            tiers = [*self.down_blocks, self.center, *self.up_blocks]
-            idx = self._tier_index = {id(t): [pos[b] for b in t if isinstance(b, S4Block)] for t in tiers}
-        logits = self._level_step(0, self.embed(tokens), state.t, state, idx)  # ends in norm + head
-        if not self.down_pools:  # no pooling: the centre is the only tier
-            logits = self.head(self.norm(logits))
+        """One sample: tokens (B,) int64 -> (logits (B, n_classes), state). Updates ``state`` in place.
+
+        Multi-rate: the outer tier runs every sample; when it has produced p inputs for the tier
+        below, that tier runs once (and so on down), leaving p outputs for the next p samples,
+        shifted by one pooled step, which is what keeps the U-Net causal."""
+        return self._advance(tokens, state, None)[0], state
+
+    def sample_step(self, tokens: torch.Tensor, state: SaShiMiState, noise: torch.Tensor):
+        """``step``, then draw the next tokens as argmax(logits + noise) inside the outer tier
+        (Gumbel-max sampling when noise = -T log E, E ~ Exp(1); greedy when it is zero), so that
+        a compiled step is one call per sample. -> (logits (B, n_classes), next tokens (B,))."""
+        return self._advance(tokens, state, noise)
+
+    def _advance(self, tokens, state: SaShiMiState, noise):
+        tiers = self._tiers(state.consts)
+        run, idx = tiers[0]
+        pool = self.config.pool
+        j = state.t % pool[0] if pool else 0
+        up = state.up_buf[0][j] if pool else None
+        out, s, new = run(tokens, up, [state.ssm[i] for i in idx], noise)
+        for i, t in zip(idx, new):
+            state.ssm[i] = t
+        if pool:
+            state.down_buf[0][j] = s
+            if j == pool[0] - 1:
+                self._pool_up(1, state.t // pool[0], state, tiers)
         state.t += 1
-        return logits, state
+        return out if noise is not None else (out, None)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

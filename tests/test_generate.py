@@ -38,11 +38,32 @@ def test_seeded_sampling_is_reproducible():
 
 @pytest.mark.slow
 def test_compiled_step_matches_eager():
-    """torch.compile'd tiers (frozen weights, C++ GEMMs) must give the same greedy samples."""
+    """Compiled tiers (frozen weights, C++ GEMMs) must give the same samples, greedy and drawn."""
     model = SaShiMi(SaShiMiConfig(d_model=16, n_layers=1, d_state=16, l_max=256))
-    eager = generate(model, 80, batch=2, temperature=0, seed=0)
-    fused = generate(model, 80, batch=2, temperature=0, seed=0, compile=True)
-    assert torch.equal(eager, fused)
+    for temperature in (0.0, 1.0):
+        eager = generate(model, 80, batch=2, temperature=temperature, seed=0)
+        fused = generate(model, 80, batch=2, temperature=temperature, seed=0, compile=True)
+        assert torch.equal(eager, fused), temperature
+    with torch.no_grad():  # a weight change must reach the compiled step (frozen weights: recompiled)
+        model.head.bias[7] += 100.0
+    assert (generate(model, 20, batch=2, temperature=0, seed=0, compile=True) == 7).all()
+
+
+def test_sampling_inside_the_step_equals_sampling_its_logits():
+    """sample_step draws argmax(logits + noise) inside the outer tier; the same noise applied to
+    step()'s logits outside must give the same tokens, step by step."""
+    from sashimi.generate import _Sampler
+
+    model = SaShiMi(SaShiMiConfig(**TINY)).eval()
+    fused = generate(model, 40, batch=3, temperature=0.8, seed=5)
+    draw = _Sampler(0.8, 1.0, torch.Generator().manual_seed(5), (3, 256), "cpu")
+    state, tok, manual = model.default_state(3), torch.full((3,), 128), []
+    with torch.no_grad():
+        for _ in range(40):
+            logits, state = model.step(tok, state)
+            tok = draw(logits)
+            manual.append(tok)
+    assert torch.equal(fused, torch.stack(manual, 1))
 
 
 def test_gumbel_sampler_draws_from_the_softmax():
@@ -51,7 +72,7 @@ def test_gumbel_sampler_draws_from_the_softmax():
 
     logits = torch.tensor([[1.0, 0.0, -1.0, 2.0]]).expand(3000, 4)
     for temperature in (1.0, 0.5):
-        draw = _Sampler(temperature, 1.0, torch.Generator().manual_seed(0))
+        draw = _Sampler(temperature, 1.0, torch.Generator().manual_seed(0), (3000, 4), "cpu")
         counts = torch.bincount(torch.cat([draw(logits) for _ in range(10)]), minlength=4).double()
         expected = torch.softmax(logits[0].double() / temperature, -1) * 30000
         # 4 standard deviations of a binomial count: fails for a wrong temperature or missing noise

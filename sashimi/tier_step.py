@@ -1,0 +1,127 @@
+"""One tier of the SaShiMi U-Net advanced by one of its own time steps, as a single function.
+
+Step mode is bound by per-call overhead, not arithmetic (batch-1 tensors are a few hundred floats),
+so everything a tier does between two samples lives in one ``forward``: pooling its p inputs,
+its blocks, and unpooling into the p outputs the faster tier above reads next (the outer tier
+embeds the token and ends in norm + head instead). torch.compile then turns a tier into one
+call with no Python in between, and the S4 recurrence constants are buffers, so compiling with
+``freezing`` folds them into the code together with the weights.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import S4Block
+
+
+def tier_blocks(model, level: int) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """(down-path blocks, main blocks) of a level: the up-path blocks, or the centre's."""
+    n = len(model.config.pool)
+    down = model.down_blocks[level] if level < n else nn.ModuleList()
+    return down, (model.center if level == n else model.up_blocks[level])
+
+
+def tier_s4_blocks(model, level: int) -> list[S4Block]:
+    """A tier's S4 blocks in the order its step runs them (the order of its ``ssm`` list)."""
+    down, blocks = tier_blocks(model, level)
+    return [b for b in (*down, *blocks) if isinstance(b, S4Block)]
+
+
+class TierStep(nn.Module):
+    """Level 0 runs at the sample rate; level len(pool) is the centre. Holds no state of its own:
+    ``forward(inp, up, ssm, noise=None)`` -> ``(out, s, ssm)`` where
+
+    * inp: the token (B,) at level 0, else the list of the p inputs (B, H) the tier above produced;
+    * up: this step's output of the slower tier below, from its previous step (None at the centre);
+    * ssm: the states of this tier's S4 layers, in the order it runs them;
+    * noise: level 0 only, optional (B, n_classes): also draw the next tokens, argmax(logits + noise);
+    * out: logits (B, n_classes) at level 0 (with noise: (logits, tokens)), else a tuple of p (B, H_above)
+      outputs for the tier above;
+    * s: this tier's input to the slower tier below, which it pools once p of them are there (None at the centre).
+    """
+
+    def __init__(self, model, level: int, consts: list[dict]):
+        super().__init__()
+        n = len(model.config.pool)
+        self.level, self.centre = level, level == n
+        self.embed = model.embed if level == 0 else None
+        self.pool_in = model.down_pools[level - 1] if level > 0 else None
+        self.down, self.blocks = tier_blocks(model, level)
+        self.pool_out = model.up_pools[level - 1] if level > 0 else None
+        self.norm, self.head = (model.norm, model.head) if level == 0 else (None, None)
+        self._dplr, self._keys = [], []
+        for j, c in enumerate(consts):
+            keys = [k for k, v in c.items() if isinstance(v, torch.Tensor)]
+            for k in keys:
+                self.register_buffer(f"c{j}_{k}", c[k], persistent=False)
+            self._keys.append(keys)
+            self._dplr.append(c["dplr"])
+
+    def _consts(self, j: int) -> dict:
+        c = {k: getattr(self, f"c{j}_{k}") for k in self._keys[j]}
+        c["dplr"] = self._dplr[j]
+        return c
+
+    def _run(self, blocks, x, ssm: list, j: int):
+        for blk in blocks:
+            if isinstance(blk, S4Block):
+                x, ssm[j] = blk.step(x, ssm[j], self._consts(j))
+                j += 1
+            else:
+                x = blk(x)
+        return x, j
+
+    def forward(self, inp, up, ssm, noise=None):
+        ssm = list(ssm)
+        x = self.embed(inp) if self.level == 0 else self.pool_in.proj(torch.cat(list(inp), -1))
+        x, j = self._run(self.down, x, ssm, 0)
+        if self.centre:
+            s = None
+            y = self._run(self.blocks, x, ssm, j)[0] + x
+        else:
+            s = x
+            y = self._run(self.blocks, up + s, ssm, j)[0]
+        if self.level == 0:
+            out = self.head(self.norm(y))
+            if noise is not None:  # sample_step: the next tokens, drawn here (see SaShiMi.sample_step)
+                out = (out, (out + noise).argmax(-1))
+        else:  # p contiguous (B, H) outputs: a compiled tier above expects dense inputs
+            out = self.pool_out.chunk(y).transpose(0, 1).contiguous().unbind(0)
+        return out, s, ssm
+
+
+def _inductor_settings(device: torch.device):
+    """Weights and step constants frozen into the code and, on the CPU, C++ GEMM templates for
+    the tiny matrix-vector products (a BLAS call costs more than the product at batch 1)."""
+    import torch._inductor.config as inductor_config  # noqa: PLC0415
+
+    backends = "CPP,ATEN" if device.type == "cpu" else "ATEN,TRITON"
+    return inductor_config.patch(freezing=True, max_autotune=True, max_autotune_gemm_backends=backends)
+
+
+class CompiledTier:
+    """A TierStep compiled by Inductor once per batch size, from an exported graph.
+
+    Not torch.compile: its per-call frame evaluation, guards over every parameter and runtime
+    wrappers cost ~150 µs, more than the outer tier's arithmetic at batch 1. The exported graph
+    is fixed (shapes, weights, constants), so the compiled function is only ever called with
+    the batch size, device and dtypes it was built for; the cache key makes sure of that."""
+
+    def __init__(self, tier: TierStep):
+        self.tier, self.fns = tier, {}
+
+    def __call__(self, inp, up, ssm, noise=None):
+        if self.tier.level == 0:
+            inp = inp.contiguous()  # e.g. a column of a (B, L) prime: the compiled code assumes dense inputs
+        first = inp if self.tier.level == 0 else inp[0]
+        key = (first.shape[0], first.device, torch.is_inference_mode_enabled(), noise is None)
+        fn = self.fns.get(key)
+        if fn is None:
+            fn = self.fns[key] = self._compile((inp, up, list(ssm), noise), first.device)
+        return fn(inp, up, ssm, noise)
+
+    def _compile(self, args: tuple, device: torch.device):
+        with torch.no_grad(), _inductor_settings(device):
+            graph = torch.export.export(self.tier, args).module()
+            return torch._inductor.compile(graph, list(args))
