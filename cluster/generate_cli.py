@@ -89,7 +89,7 @@ def parse_args(argv):
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy argmax")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, help="sampling seed (random if omitted; recorded in the JSON)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the step (compiled once, before timing)")
+    p.add_argument("--compile", action="store_true", help="compile each tier's step with Inductor (once, before timing)")
     p.add_argument("--sample-rate", type=int, help="override the rate (default: the job's manifest, else 16000)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,

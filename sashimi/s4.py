@@ -100,7 +100,7 @@ class S4(nn.Module):
         """Parameter-only constants of the recurrence, computed once per generation in float64.
 
         The state is real: x = (Re, Im) of the N/2 stored modes, shape (B, H, 2, N/2), so the
-        step is plain real arithmetic (and torch.compile can fuse it). y_t depends on x_{t-1}
+        step is plain real arithmetic (and Inductor can fuse it). y_t depends on x_{t-1}
         and u_t only, so the readout is folded into the update:
           [y0, σ] = W · x,  y = y0 + c_σ σ + c_u u,  x ← Ā x + G σ + dB u   (Ā: a 2×2 rotation-scale)
         with y0 = 2Re Σ C Ā x and, for DPLR only, σ = 2Re Σ conj(Q) x (the rank-1 Woodbury term).
@@ -122,7 +122,7 @@ class S4(nn.Module):
 
     def step(self, u: torch.Tensor, x: torch.Tensor, c: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """u (B, H), x (B, H, 2, N/2) -> (output (B, H), new state)."""
-        W = c["W"]  # (H, 2, 2, N/2): rows y0 and σ; a mul-and-sum fuses under torch.compile (a bmm would not)
+        W = c["W"]  # (H, 2, 2, N/2): rows y0 and σ; a mul-and-sum fuses under Inductor (a bmm would not)
         xr, xi = x[:, :, 0], x[:, :, 1]
         ar, ai = c["ar"], c["ai"]
         new = torch.stack([ar * xr - ai * xi, ar * xi + ai * xr], dim=2) + c["dB"] * u[..., None, None]

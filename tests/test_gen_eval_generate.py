@@ -123,7 +123,7 @@ def test_errors_name_the_file(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_compiled_cli_equals_eager(tmp_path):
-    """--compile (torch.compile'd tiers, compiled before timing) gives the same greedy samples and scores."""
+    """--compile (Inductor-compiled tiers, compiled before timing) gives the same greedy samples and scores."""
     ckpt, _, _ = make_checkpoint(tmp_path / "ck")
     common = ["--seconds", "0.05", "--sample-rate", "1000", "--batch", "2", "--temperature", "0", "--seed", "0"]
     out_e, eager = _run(tmp_path / "e", ckpt, *common)
