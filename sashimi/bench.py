@@ -101,7 +101,8 @@ def main(argv=None) -> None:
     ap.add_argument("--agreement-length", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads for training")
     ap.add_argument("--gen-threads", type=int, default=0,
-                    help="intra-op threads for step mode (0 = generate()'s default: 1 below batch 8, else all)")
+                    help="intra-op threads for step mode (0 = generate()'s default: all when compiled, "
+                         "eager: 1 below batch 8, else all)")
     ap.add_argument("--no-compile", action="store_true", help="eager step mode (tiers not compiled)")
     args = ap.parse_args(argv)
     cfg = {"kernel": args.kernel}  # everything else: the paper's 8-layer defaults

@@ -146,20 +146,22 @@ class SaShiMi(nn.Module):
         self.__dict__["_tier_steps"] = (consts, compiled, tiers)
         return tiers
 
-    def _pool_up(self, level: int, pos: int, state: SaShiMiState, tiers: list) -> None:
-        """Level ``level - 1`` has filled its p inputs: advance ``level`` by one of its steps."""
+    def _run_tier(self, level: int, inp, pos: int, state: SaShiMiState, tiers: list, noise=None):
+        """Advance ``level`` by its step number ``pos``, and the slower levels below it whose p inputs
+        this completes. Returns the tier's output (logits at level 0, else p outputs for the level above)."""
         run, idx = tiers[level]
         pool, n = self.config.pool, len(self.config.pool)
-        up = None if level == n else state.up_buf[level][pos % pool[level]]
-        out, s, new = run(state.down_buf[level - 1], up, [state.ssm[i] for i in idx])
+        j = pos % pool[level] if level < n else 0
+        up = state.up_buf[level][j] if level < n else None  # from the previous pooled step: the causal shift
+        out, s, new = run(inp, up, [state.ssm[i] for i in idx], noise)
         for i, t in zip(idx, new):
             state.ssm[i] = t
         if level < n:
-            j = pos % pool[level]
             state.down_buf[level][j] = s
             if j == pool[level] - 1:
-                self._pool_up(level + 1, pos // pool[level], state, tiers)
-        state.up_buf[level - 1] = list(out)
+                below = self._run_tier(level + 1, state.down_buf[level], pos // pool[level], state, tiers)
+                state.up_buf[level] = list(below)
+        return out
 
     def step(self, tokens: torch.Tensor, state: SaShiMiState) -> tuple[torch.Tensor, SaShiMiState]:
         """One sample: tokens (B,) int64 -> (logits (B, n_classes), state). Updates ``state`` in place.
@@ -176,18 +178,7 @@ class SaShiMi(nn.Module):
         return self._advance(tokens, state, noise)
 
     def _advance(self, tokens, state: SaShiMiState, noise):
-        tiers = self._tiers(state.consts)
-        run, idx = tiers[0]
-        pool = self.config.pool
-        j = state.t % pool[0] if pool else 0
-        up = state.up_buf[0][j] if pool else None
-        out, s, new = run(tokens, up, [state.ssm[i] for i in idx], noise)
-        for i, t in zip(idx, new):
-            state.ssm[i] = t
-        if pool:
-            state.down_buf[0][j] = s
-            if j == pool[0] - 1:
-                self._pool_up(1, state.t // pool[0], state, tiers)
+        out = self._run_tier(0, tokens, state.t, state, self._tiers(state.consts), noise)
         state.t += 1
         return out if noise is not None else (out, None)
 

@@ -3,9 +3,9 @@
 Step mode is bound by per-call overhead, not arithmetic (batch-1 tensors are a few hundred floats),
 so everything a tier does between two samples lives in one ``forward``: pooling its p inputs,
 its blocks, and unpooling into the p outputs the faster tier above reads next (the outer tier
-embeds the token and ends in norm + head instead). torch.compile then turns a tier into one
-call with no Python in between, and the S4 recurrence constants are buffers, so compiling with
-``freezing`` folds them into the code together with the weights.
+embeds the token and ends in norm + head instead). Inductor then turns a tier into one call
+with no Python in between (CompiledTier), and the S4 recurrence constants are buffers, so
+compiling with ``freezing`` folds them into the code together with the weights.
 """
 from __future__ import annotations
 
