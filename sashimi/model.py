@@ -169,7 +169,7 @@ class SaShiMi(nn.Module):
         Multi-rate: the outer tier runs every sample; when it has produced p inputs for the tier
         below, that tier runs once (and so on down), leaving p outputs for the next p samples,
         shifted by one pooled step, which is what keeps the U-Net causal."""
-        return self._advance(tokens, state, None)[0], state
+        return self._advance(tokens, state, None), state
 
     def sample_step(self, tokens: torch.Tensor, state: SaShiMiState, noise: torch.Tensor):
         """``step``, then draw the next tokens as argmax(logits + noise) inside the outer tier
@@ -178,9 +178,10 @@ class SaShiMi(nn.Module):
         return self._advance(tokens, state, noise)
 
     def _advance(self, tokens, state: SaShiMiState, noise):
+        """The outer tier's output for one sample: logits, or (logits, next tokens) with noise."""
         out = self._run_tier(0, tokens, state.t, state, self._tiers(state.consts), noise)
         state.t += 1
-        return out if noise is not None else (out, None)
+        return out
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
