@@ -13,15 +13,17 @@ from .s4 import S4
 
 
 class S4Block(nn.Module):
-    """x + S4(LayerNorm(x)) (pre-norm residual)."""
+    """x + Dropout(S4(LayerNorm(x))): the paper's pre-norm residual block (the S4 layer has its own
+    dropout after the activation; this one is on the residual branch)."""
 
-    def __init__(self, H: int, **s4_kwargs):
+    def __init__(self, H: int, dropout: float = 0.0, **s4_kwargs):
         super().__init__()
         self.norm = nn.LayerNorm(H)
-        self.s4 = S4(H, **s4_kwargs)
+        self.s4 = S4(H, dropout=dropout, **s4_kwargs)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.s4(self.norm(x))
+        return x + self.dropout(self.s4(self.norm(x)))
 
     def step(self, x: torch.Tensor, state: torch.Tensor, consts: dict):
         y, state = self.s4.step(self.norm(x), state, consts)
@@ -29,7 +31,7 @@ class S4Block(nn.Module):
 
 
 class FFBlock(nn.Module):
-    """x + W2 GELU(W1 LayerNorm(x)): position-wise, so its step is its forward."""
+    """x + Dropout(W2 Dropout(GELU(W1 LayerNorm(x)))): position-wise, so its step is its forward."""
 
     def __init__(self, H: int, expand: int, dropout: float = 0.0):
         super().__init__()

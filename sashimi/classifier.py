@@ -22,8 +22,7 @@ class S4Classifier(nn.Module):
         self.n_labels = n_labels
         self.embed = nn.Embedding(cfg.n_classes, cfg.d_model)
         self.blocks = make_blocks(cfg.d_model, cfg.n_layers, cfg.ff, cfg.dropout, l_max=cfg.l_max,
-                                  d_state=cfg.d_state, kernel=cfg.kernel, s4d_init=cfg.s4d_init, n_ssm=cfg.n_ssm,
-                                  dt_min=cfg.dt_min, dt_max=cfg.dt_max, glu=cfg.glu, backend=cfg.cauchy_backend)
+                                  **cfg.s4_kwargs())
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, n_labels)
 

@@ -28,8 +28,10 @@ class SaShiMiConfig:
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     glu: bool = True  # S4 block output: Linear(H, 2H) + GLU
-    unet: bool = False  # also put n_layers blocks on the down path of each tier (paper: False)
+    unet: bool = False  # paper's non-causal/diffusion variant: blocks on the down path, a skip per layer
     cauchy_backend: str = "auto"
+    c_init_var: float = 1.0  # E|C|² of the initial C (paper: 1; before format 2 this project used 0.5)
+    b_clip: float | None = 2.0  # clip Im(B̃) to ±b_clip after the NPLR change of basis (paper: 2); None = exact LegS
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -45,9 +47,19 @@ class SaShiMiConfig:
             raise ValueError(f"model.d_state must be even (conjugate pairs), got {self.d_state}")
         if any(int(p) < 1 for p in self.pool):
             raise ValueError(f"model.pool entries must be >= 1, got {self.pool}")
+        if not self.c_init_var > 0:
+            raise ValueError(f"model.c_init_var must be > 0, got {self.c_init_var!r}")
+        if self.b_clip is not None and not self.b_clip > 0:
+            raise ValueError(f"model.b_clip must be > 0 or null (exact LegS B), got {self.b_clip!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         object.__setattr__(self, "pool", tuple(int(p) for p in self.pool))
+
+    def s4_kwargs(self) -> dict:
+        """The S4 layer's constructor arguments this config implies (l_max is per tier: not here)."""
+        return dict(d_state=self.d_state, kernel=self.kernel, s4d_init=self.s4d_init, n_ssm=self.n_ssm,
+                    dt_min=self.dt_min, dt_max=self.dt_max, glu=self.glu, backend=self.cauchy_backend,
+                    c_init_var=self.c_init_var, b_clip=self.b_clip)
 
     @property
     def total_pool(self) -> int:

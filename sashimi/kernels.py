@@ -39,7 +39,8 @@ def _log_dt(H: int, dt_min: float, dt_max: float) -> torch.Tensor:
 class _SSMKernel(nn.Module):
     """Shared storage: Λ with Re Λ = -exp(·) < 0 (always stable), C per channel, log Δ per channel."""
 
-    def __init__(self, H: int, N: int, Lambda: torch.Tensor, n_ssm: int, dt_min: float, dt_max: float):
+    def __init__(self, H: int, N: int, Lambda: torch.Tensor, n_ssm: int, dt_min: float, dt_max: float,
+                 c_init_var: float = 1.0):
         super().__init__()
         self.H, self.N2, self.n_ssm = H, N // 2, n_ssm
         if H % n_ssm:
@@ -48,8 +49,9 @@ class _SSMKernel(nn.Module):
         self.log_neg_re = _param(torch.log(-Lambda.real), ssm=True)
         self.im = _param(Lambda.imag, ssm=True)
         self.log_dt = _param(_log_dt(H, dt_min, dt_max), ssm=True)
-        # C (or C̃) ~ complex normal with unit variance.
-        self.C = _param(torch.randn(H, self.N2, dtype=torch.complex64) * math.sqrt(0.5), ssm=False)
+        # C ~ CN(0, c_init_var): torch's complex normal has E|z|² = 1 (each part variance 1/2).
+        # The paper's code draws C with unit variance (c_init_var = 1); DPLR then stores C̃ from it.
+        self.C = _param(torch.randn(H, self.N2, dtype=torch.complex64) * math.sqrt(c_init_var), ssm=False)
 
     def _per_channel(self, t: torch.Tensor) -> torch.Tensor:
         """(n_ssm, N2) -> (H, N2): each SSM copy serves a contiguous group of channels."""
@@ -69,9 +71,9 @@ class S4DKernel(_SSMKernel):
     """K_l = 2 Re Σ_n C_n dB_n exp(ΔΛ_n l): exact at every length (Vandermonde)."""
 
     def __init__(self, H: int, N: int = 64, init: str = "inv", n_ssm: int = 1,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1):
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, c_init_var: float = 1.0):
         Lambda = hippo.s4d_inv(N) if init == "inv" else hippo.s4d_lin(N)
-        super().__init__(H, N, Lambda, n_ssm, dt_min, dt_max)
+        super().__init__(H, N, Lambda, n_ssm, dt_min, dt_max, c_init_var)
         self.B = _param(torch.ones(n_ssm, self.N2, dtype=torch.complex64), ssm=True)
 
     def _discrete(self, dtype):
@@ -116,13 +118,20 @@ class DPLRKernel(_SSMKernel):
     """
 
     def __init__(self, H: int, N: int = 64, l_max: int = 16384, n_ssm: int = 1,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, backend: str = "auto"):
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, backend: str = "auto",
+                 c_init_var: float = 1.0, b_clip: float | None = 2.0):
         init = hippo.nplr(N)
-        super().__init__(H, N, init["Lambda"], n_ssm, dt_min, dt_max)
+        super().__init__(H, N, init["Lambda"], n_ssm, dt_min, dt_max, c_init_var)
+        B = init["B"]
+        if b_clip is not None:  # the paper's code clips Im(B̃) after the change of basis (B_clip = 2)
+            B = torch.complex(B.real, B.imag.clamp(-b_clip, b_clip))
         self.P = _param(init["P"].expand(n_ssm, -1), ssm=True)
-        self.B = _param(init["B"].expand(n_ssm, -1), ssm=True)
+        self.B = _param(B.expand(n_ssm, -1), ssm=True)
         self.l_max = int(l_max)
         self.backend = backend
+        with torch.no_grad():  # the drawn C is the state-space C; the kernel stores C̃ = C(I - dA^l_max)
+            dA, _ = self._dense()
+            self.C.copy_(torch.view_as_real(self._horizon(self.Ct(torch.complex128), dA, self.l_max).to(torch.complex64)))
 
     def _PB(self, dtype):
         P = self._per_channel(torch.view_as_complex(self.P)).to(dtype)
@@ -179,12 +188,21 @@ class DPLRKernel(_SSMKernel):
         M = eye - torch.linalg.matrix_power(dA, self.l_max)
         return torch.linalg.solve(M.transpose(-1, -2), Ctf.unsqueeze(-1)).squeeze(-1)
 
+    @staticmethod
+    def _horizon(C: torch.Tensor, dA: torch.Tensor, L: int) -> torch.Tensor:
+        """C (I - dA^L) for the stored half C (H, N/2) or the full-space C (H, N) -> stored half (H, N/2).
+
+        The full-space system is conjugate-symmetric, so the result's second half is the conjugate
+        of its first and only the stored half is returned."""
+        n2 = dA.shape[-1] // 2
+        if C.shape[-1] == n2:
+            C = torch.cat([C, C.conj()], dim=-1)
+        eye = torch.eye(dA.shape[-1], dtype=dA.dtype, device=dA.device)
+        return (C.unsqueeze(-2) @ (eye - torch.linalg.matrix_power(dA, L))).squeeze(-2)[:, :n2]
+
     def _retarget(self, L: int) -> torch.Tensor:
         dA, _ = self._dense()
-        C = self._true_C(dA)
-        eye = torch.eye(dA.shape[-1], dtype=dA.dtype, device=dA.device)
-        CtL = (C.unsqueeze(-2) @ (eye - torch.linalg.matrix_power(dA, L))).squeeze(-2)
-        return CtL[:, : self.N2].to(torch.complex64)
+        return self._horizon(self._true_C(dA), dA, L).to(torch.complex64)
 
     @torch.no_grad()
     def dense_system(self):

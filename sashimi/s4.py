@@ -69,14 +69,16 @@ class S4(nn.Module):
 
     def __init__(self, d_model: int, d_state: int = 64, l_max: int = 16384, kernel: str = "dplr",
                  s4d_init: str = "inv", n_ssm: int = 1, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 glu: bool = True, dropout: float = 0.0, backend: str = "auto"):
+                 glu: bool = True, dropout: float = 0.0, backend: str = "auto", c_init_var: float = 1.0,
+                 b_clip: float | None = 2.0):
         super().__init__()
         H = d_model
         if kernel == "dplr":
             self.kernel = DPLRKernel(H, d_state, l_max=l_max, n_ssm=n_ssm, dt_min=dt_min, dt_max=dt_max,
-                                     backend=backend)
+                                     backend=backend, c_init_var=c_init_var, b_clip=b_clip)
         elif kernel == "s4d":
-            self.kernel = S4DKernel(H, d_state, init=s4d_init, n_ssm=n_ssm, dt_min=dt_min, dt_max=dt_max)
+            self.kernel = S4DKernel(H, d_state, init=s4d_init, n_ssm=n_ssm, dt_min=dt_min, dt_max=dt_max,
+                                    c_init_var=c_init_var)
         else:
             raise ValueError(f"unknown kernel {kernel!r}")
         self.D = nn.Parameter(torch.randn(H))
@@ -85,6 +87,7 @@ class S4(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def _post(self, y: torch.Tensor) -> torch.Tensor:
+        """GELU, dropout, output projection (+ GLU): the paper's S4 layer, dropout before the projection."""
         y = self.out(self.dropout(F.gelu(y)))
         return F.glu(y, dim=-1) if self.glu else y
 
