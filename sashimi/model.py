@@ -2,10 +2,11 @@
 
 Tiers: the outer tier runs at the sample rate; each DownPool folds ``pool[i]`` steps into
 channels (×expand), so with pool = [4, 4] the inner tiers run at 1/4 and 1/16 rate. Going back
-up, UpPool shifts by one pooled step (causality) and a skip joins each tier to itself.
+up, UpPool shifts by one pooled step (causality) and skips join each tier to itself; how they
+join (the paper's ``unet: false`` and ``unet: true`` wirings) is written once, in ``unet.py``.
 
-    tokens ─ embed ─┬─ [down blocks] ─┬─ DownPool ─ … ─ center blocks (+skip) ─ … ─ UpPool ─(+)─ up blocks ─ norm ─ head
-                    (skip) ───────────┘                                                       │
+    unet: false   tokens ─ embed ─┬─ DownPool ─ … ─ centre(+) ─ … ─ UpPool ─(+s)─┬─ blocks ─(+)─ norm ─ head
+                                  s ────────────────────────────────────────────┘└──────────┘
 
 Step mode is multi-rate: a tier at 1/p rate runs once every p samples (its DownPool buffers
 inputs, its UpPool hands out cached outputs), which is what makes generation fast.
@@ -18,9 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import unet
 from .blocks import DownPool, S4Block, UpPool, make_blocks
 from .config import SaShiMiConfig
 from .tier_step import CompiledTier, TierStep, tier_s4_blocks
+
+
+def _apply(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return layer(x)
 
 
 @dataclass
@@ -42,8 +48,7 @@ class SaShiMi(nn.Module):
         if overrides and config is not None:
             cfg = SaShiMiConfig.from_dict({**cfg.to_dict(), **overrides})
         self.config = cfg
-        s4_kwargs = dict(d_state=cfg.d_state, kernel=cfg.kernel, s4d_init=cfg.s4d_init, n_ssm=cfg.n_ssm,
-                         dt_min=cfg.dt_min, dt_max=cfg.dt_max, glu=cfg.glu, backend=cfg.cauchy_backend)
+        s4_kwargs = cfg.s4_kwargs()
         H, l_max = cfg.d_model, cfg.l_max
         self.embed = nn.Embedding(cfg.n_classes, H)
         self.down_blocks, self.down_pools, self.up_pools, self.up_blocks = (nn.ModuleList() for _ in range(4))
@@ -73,21 +78,15 @@ class SaShiMi(nn.Module):
         pad = -L % self.config.total_pool  # causal model: padding at the end cannot leak backwards
         if pad:
             x = F.pad(x, (0, 0, 0, pad))
-        skips = []
-        for blocks, pool in zip(self.down_blocks, self.down_pools):
-            for blk in blocks:
-                x = blk(x)
-            skips.append(x)
-            x = pool(x)
-        z = x
-        for blk in self.center:
-            x = blk(x)
-        x = x + z
-        for i in reversed(range(len(self.up_pools))):
-            x = self.up_pools[i](x) + skips[i]
-            for blk in self.up_blocks[i]:
-                x = blk(x)
-        return self.head(self.norm(x[:, :L]))
+        return self.head(self.norm(self._tier(0, x)[:, :L]))
+
+    def _tier(self, level: int, x: torch.Tensor) -> torch.Tensor:
+        """Tier ``level`` and every slower one below it over whole sequences (wiring: sashimi.unet)."""
+        if level == len(self.config.pool):
+            return unet.centre(self.center, x, _apply)
+        s, stored = unet.down(self.down_blocks[level], x, _apply)
+        unpooled = self.up_pools[level](self._tier(level + 1, self.down_pools[level](s)))
+        return unet.up(self.up_blocks[level], unpooled, stored, _apply, self.config.unet)
 
     # ---- step mode -------------------------------------------------------------------------
     def _s4_blocks(self):

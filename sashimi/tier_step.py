@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import unet
 from .blocks import S4Block
 
 
@@ -44,7 +45,7 @@ class TierStep(nn.Module):
     def __init__(self, model, level: int, consts: list[dict]):
         super().__init__()
         n = len(model.config.pool)
-        self.level, self.centre = level, level == n
+        self.level, self.centre, self.unet = level, level == n, model.config.unet
         self.embed = model.embed if level == 0 else None
         self.pool_in = model.down_pools[level - 1] if level > 0 else None
         self.down, self.blocks = tier_blocks(model, level)
@@ -63,25 +64,22 @@ class TierStep(nn.Module):
         c["dplr"] = self._dplr[j]
         return c
 
-    def _run(self, blocks, x, ssm: list, j: int):
-        for blk in blocks:
-            if isinstance(blk, S4Block):
-                x, ssm[j] = blk.step(x, ssm[j], self._consts(j))
-                j += 1
-            else:
-                x = blk(x)
-        return x, j
-
     def forward(self, inp, up, ssm, noise=None):
-        ssm = list(ssm)
+        ssm, pos = list(ssm), iter(range(len(ssm)))
+
+        def run(layer, x):  # a layer's step: S4 blocks advance their state (in the order ``ssm`` lists them)
+            if isinstance(layer, S4Block):
+                j = next(pos)
+                x, ssm[j] = layer.step(x, ssm[j], self._consts(j))
+                return x
+            return layer(x)
+
         x = self.embed(inp) if self.level == 0 else self.pool_in.proj(torch.cat(list(inp), -1))
-        x, j = self._run(self.down, x, ssm, 0)
         if self.centre:
-            s = None
-            y = self._run(self.blocks, x, ssm, j)[0] + x
+            s, y = None, unet.centre(self.blocks, x, run)
         else:
-            s = x
-            y = self._run(self.blocks, up + s, ssm, j)[0]
+            s, stored = unet.down(self.down, x, run)
+            y = unet.up(self.blocks, up, stored, run, self.unet)
         if self.level == 0:
             out = self.head(self.norm(y))
             if noise is not None:  # sample_step: the next tokens, drawn here (see SaShiMi.sample_step)
