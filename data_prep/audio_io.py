@@ -1,6 +1,7 @@
 """Decode any libsndfile-readable file to mono float32 at the target rate.
 
-Every failure becomes ``BadAudio(reason)`` so one bad file is reported, not fatal.
+Every failure becomes ``BadAudio(reason)`` so one bad file is reported, not fatal. A WAV/AIFF cut off
+mid-data (fewer frames than its header promises) is rejected as truncated, not kept as a short clip.
 torch/torchaudio are imported only when a file actually needs resampling.
 """
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 
 import numpy as np
 import soundfile as sf
+
+from .wavheader import declared_frames
 
 WORKER_ENV = "DATA_PREP_WORKER"
 _INT16_SUBTYPES = frozenset({"PCM_16", "PCM_S8", "PCM_U8"})
@@ -97,10 +100,14 @@ def load_mono(path: str, target_sr: int) -> tuple[np.ndarray, dict]:
         raise BadAudio(f"not decodable audio: {_short(e, path)}") from None
     except OSError as e:
         raise BadAudio(f"unreadable: {e.strerror or e}") from None
-    if data.shape[0] == 0:
-        raise BadAudio("empty: 0 audio frames")
     if sr <= 0:
         raise BadAudio(f"invalid sample rate {sr}")
+    declared = declared_frames(path)
+    if declared is not None and data.shape[0] < declared:
+        raise BadAudio(f"truncated: the header promises {declared} frames ({declared / sr:.3f} s) but the file "
+                       f"holds {data.shape[0]} ({data.shape[0] / sr:.3f} s); re-export or repair it to use it")
+    if data.shape[0] == 0:
+        raise BadAudio("empty: 0 audio frames")
     if data.dtype == np.float32 and not np.all(np.isfinite(data)):
         raise BadAudio("contains NaN/inf samples")
     mono = downmix(data)

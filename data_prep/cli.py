@@ -9,9 +9,10 @@ import argparse
 import sys
 
 from .manifest import ManifestError
-from .presets import PRESETS
+from .presets import PRESETS, SPLIT_ORDERS
 from .shard import REJECTED_NAME, PrepError, shard_folder
 from .split import parse_fractions
+from .summary import split_summary
 
 
 def _fractions(text: str):
@@ -33,13 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clip-seconds", type=float, default=None, help="clip length (preset default; generic 8)")
     s.add_argument("--hop-seconds", type=float, default=None, help="clip hop (default = clip length)")
     s.add_argument("--split", type=_fractions, default=None, help="train,val,test fractions of files, e.g. 0.88,0.06,0.06")
+    s.add_argument("--split-order", choices=SPLIT_ORDERS, default=None,
+                   help="natural: files natural-sorted by name, split contiguously (the paper; default for "
+                        "youtube-mix, beethoven); random: seeded shuffle by file (--seed; default otherwise)")
+    s.add_argument("--min-seconds", type=float, default=None,
+                   help="reject files shorter than this (default: a quarter of a clip; 0 keeps every file)")
     last = s.add_mutually_exclusive_group()
     last.add_argument("--pad-last", dest="pad_last", action="store_true", default=None, help="pad the last partial clip")
     last.add_argument("--drop-last", dest="pad_last", action="store_false", help="drop the last partial clip")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--shard-max-mb", type=float, default=256)
     s.add_argument("--workers", type=int, default=None, help="decode processes (default: CPU count)")
-    s.add_argument("--strict", action="store_true", help="exit 1 if any file was rejected")
+    s.add_argument("--strict", action="store_true", help="exit 1 if any file was rejected (truncated, too short, "
+                   "undecodable...) or a split is empty")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     m = sub.add_parser("mnist", help="shard the MNIST IDX files as 784-step pixel sequences")
@@ -80,15 +87,19 @@ def _run(args) -> int:
     if args.cmd == "shard":
         m = shard_folder(
             args.src_dir, args.out_dir, args.preset, sample_rate=args.sample_rate, clip_seconds=args.clip_seconds,
-            hop_seconds=args.hop_seconds, split=args.split, pad_last=args.pad_last, seed=args.seed,
+            hop_seconds=args.hop_seconds, split=args.split, split_order=args.split_order,
+            min_seconds=args.min_seconds, pad_last=args.pad_last, seed=args.seed,
             shard_max_mb=args.shard_max_mb, workers=args.workers, progress=not args.quiet,
         )
         sp = m["splits"]
         print("wrote " + ", ".join(f"{s}: {sp[s]['clips']} clips / {len(sp[s]['shards'])} shards" for s in sp) + f" -> {args.out_dir}")
+        print(split_summary(m))
+        for w in m["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
         if m["rejected"]:
             print(f"{len(m['rejected'])} file(s) rejected; see {args.out_dir}/{REJECTED_NAME}", file=sys.stderr)
-            if args.strict:
-                return 1
+        if args.strict and (m["rejected"] or m["warnings"]):
+            return 1
         return 0
     if args.cmd == "mnist":
         from .mnist import shard_mnist

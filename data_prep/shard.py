@@ -2,7 +2,8 @@
 
 Order of work: delete the old manifest (so a dataset is never "complete" while being
 rebuilt), remove stale shards, decode files in a process pool, stream encoded clips into
-atomic per-split shard writers, write ``rejected.tsv``, then write the manifest last.
+atomic per-split shard writers (again, once, if rejections emptied a split), write
+``rejected.tsv``, then write the manifest last.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
@@ -20,9 +22,9 @@ from tqdm import tqdm
 from .atomicio import atomic_write_text
 from .discover import find_audio
 from .manifest import MANIFEST_NAME, SPLITS, manifest_path, write_manifest
-from .presets import get_preset
+from .presets import SPLIT_ORDERS, get_preset
 from .schema import SCHEMA_VERSION
-from .split import assign_splits, check_fractions, read_list_file
+from .split import assign_splits, check_fractions, empty_splits, read_list_file
 from .tarshard import TMP_SUFFIX, AtomicShardWriter
 from .worker import FileResult, FileTask, init_worker, process_file
 
@@ -61,13 +63,17 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _resolve_params(preset_name: str, sample_rate, clip_seconds, hop_seconds, split, pad_last, seed, shard_max_mb, workers) -> dict:
+def _resolve_params(preset_name: str, sample_rate, clip_seconds, hop_seconds, split, pad_last, seed, shard_max_mb,
+                    workers, split_order=None, min_seconds=None) -> dict:
     p = get_preset(preset_name)
+    clip_s = float(clip_seconds if clip_seconds is not None else p.clip_seconds)
     params = {
         "sample_rate": int(sample_rate if sample_rate is not None else p.sample_rate),
-        "clip_seconds": float(clip_seconds if clip_seconds is not None else p.clip_seconds),
+        "clip_seconds": clip_s,
         "hop_seconds": None if hop_seconds is None and p.hop_seconds is None else float(hop_seconds if hop_seconds is not None else p.hop_seconds),
         "split": [float(x) for x in (split if split is not None else p.split)],
+        "split_order": str(split_order if split_order is not None else p.split_order),
+        "min_seconds": float(min_seconds if min_seconds is not None else p.min_fraction * clip_s),
         "pad_last": bool(p.pad_last if pad_last is None else pad_last),
         "one_clip_per_file": p.one_clip_per_file,
         "seed": int(seed),
@@ -80,6 +86,10 @@ def _resolve_params(preset_name: str, sample_rate, clip_seconds, hop_seconds, sp
         raise PrepError("--clip-seconds and --hop-seconds must be positive")
     if params["shard_max_mb"] <= 0 or params["workers"] < 1:
         raise PrepError("--shard-max-mb must be > 0 and --workers >= 1")
+    if params["split_order"] not in SPLIT_ORDERS:
+        raise PrepError(f"--split-order {params['split_order']!r}: expected one of {SPLIT_ORDERS}")
+    if params["min_seconds"] < 0:
+        raise PrepError(f"--min-seconds must be >= 0, got {params['min_seconds']:g}")
     try:
         check_fractions(params["split"])
     except ValueError as e:
@@ -87,8 +97,10 @@ def _resolve_params(preset_name: str, sample_rate, clip_seconds, hop_seconds, sp
     return params
 
 
-def _plan(src: Path, out: Path, preset, params) -> tuple[list[FileTask], dict]:
+def _plan(src: Path, out: Path, preset, params, drop: frozenset = frozenset()) -> tuple[list[FileTask], dict]:
+    """Tasks for every audio file under ``src`` except ``drop`` (files an earlier pass rejected)."""
     relpaths, ignored = find_audio(src, exclude=out if out.resolve().is_relative_to(src.resolve()) else None)
+    relpaths = [r for r in relpaths if r not in drop]
     skipped = 0
     labels: dict[str, int] = {}
     if preset.labels is not None:
@@ -104,7 +116,7 @@ def _plan(src: Path, out: Path, preset, params) -> tuple[list[FileTask], dict]:
     if not relpaths:
         raise PrepError(f"{src}: no audio files found" + (" in the digit folders zero..nine" if preset.labels else ""))
 
-    split_source = "seed"
+    split_source = "natural order" if params["split_order"] == "natural" else "seed"
     val_list, test_list = src / "validation_list.txt", src / "testing_list.txt"
     if preset.name == "sc09" and (val_list.is_file() or test_list.is_file()):
         val = read_list_file(val_list) if val_list.is_file() else set()
@@ -112,7 +124,7 @@ def _plan(src: Path, out: Path, preset, params) -> tuple[list[FileTask], dict]:
         splits = {r: ("test" if r in test else "val" if r in val else "train") for r in relpaths}
         split_source = "official lists"
     else:
-        splits = assign_splits(relpaths, params["split"], params["seed"])
+        splits = assign_splits(relpaths, params["split"], params["seed"], params["split_order"])
 
     sr = params["sample_rate"]
     clip = round(params["clip_seconds"] * sr)
@@ -122,9 +134,10 @@ def _plan(src: Path, out: Path, preset, params) -> tuple[list[FileTask], dict]:
     index = {rel: i for i, rel in enumerate(relpaths)}
     # Process files in the seeded shuffled order so each shard mixes recordings.
     order = sorted(relpaths, key=lambda r: _mix(r, params["seed"]))
+    min_samples = round(params["min_seconds"] * sr)
     tasks = [
         FileTask(str(src / rel), rel, f"f{index[rel]:06d}", splits[rel], sr, clip, hop,
-                 params["pad_last"], params["one_clip_per_file"], labels.get(rel))
+                 params["pad_last"], params["one_clip_per_file"], labels.get(rel), min_samples)
         for rel in order
     ]
     return tasks, {"ignored_files": ignored, "skipped_files": skipped, "split_source": split_source, "clip_samples": clip, "hop_samples": hop}
@@ -164,6 +177,53 @@ def _kill_pool(ex: ProcessPoolExecutor) -> None:
         p.join(timeout=5)
 
 
+@dataclass
+class _Build:
+    """What one pass over the tasks wrote."""
+    shards: dict
+    sources: dict = field(default_factory=dict)
+    rejected: list = field(default_factory=list)  # (relpath, reason)
+    totals: dict = field(default_factory=lambda: {s: {"clips": 0, "seconds": 0.0, "files": 0} for s in SPLITS})
+
+
+def _build(tasks: list[FileTask], src: Path, out: Path, params: dict, progress: bool, log) -> _Build:
+    """Clean ``out``, decode every task and stream its clips into per-split atomic shard writers."""
+    clean_output(out)
+    writers = {s: AtomicShardWriter(out / s, out, max_bytes=int(params["shard_max_mb"] * 2**20)) for s in SPLITS}
+    b = _Build(shards={})
+    audio_s = 0.0
+    bar = tqdm(total=len(tasks), unit="file", desc="shard", disable=not progress, file=sys.stderr)
+    try:
+        for res in _results(tasks, params["workers"]):
+            res: FileResult
+            if res.reason is not None:
+                b.rejected.append((res.relpath, res.reason))
+                log(f"rejected: {src / res.relpath}: {res.reason}")
+            else:
+                for sample in res.samples:
+                    writers[res.split].write(sample)
+                b.sources[res.relpath] = {"split": res.split, "clips": len(res.samples), "seconds": round(res.seconds, 6), **(res.info or {})}
+                tot = b.totals[res.split]
+                tot["clips"] += len(res.samples)
+                tot["seconds"] += res.seconds
+                tot["files"] += 1
+                audio_s += res.seconds
+            bar.update(1)
+            bar.set_postfix(audio_h=f"{audio_s / 3600:.2f}", rejected=len(b.rejected), refresh=False)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        bar.close()
+    b.shards = {s: w.close() for s, w in writers.items()}
+    return b
+
+
+def _files_per_split(b: _Build) -> dict[str, int]:
+    return {s: b.totals[s]["files"] for s in SPLITS}
+
+
 def shard_folder(
     src_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -173,6 +233,8 @@ def shard_folder(
     clip_seconds: float | None = None,
     hop_seconds: float | None = None,
     split=None,
+    split_order: str | None = None,
+    min_seconds: float | None = None,
     pad_last: bool | None = None,
     seed: int = 0,
     shard_max_mb: float = 256,
@@ -184,6 +246,10 @@ def shard_folder(
 
     Bad files are reported (``log``, default stderr) and listed in ``rejected.tsv`` and in
     ``manifest["rejected"]``; they never stop the run.  Raises ``PrepError`` if nothing usable.
+    Splits are assigned before decoding; if rejected files leave a split with a non-zero fraction
+    empty, the usable files are split again and the shards rebuilt once (this only happens with
+    tiny corpora). A split still empty then (fewer usable files than splits) is a warning in
+    ``manifest["warnings"]``.
     """
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     src, out = Path(src_dir), Path(out_dir)
@@ -192,63 +258,51 @@ def shard_folder(
     if src.resolve() == out.resolve():
         raise PrepError(f"{out}: output folder must differ from the source folder")
     p = get_preset(preset)
-    params = _resolve_params(preset, sample_rate, clip_seconds, hop_seconds, split, pad_last, seed, shard_max_mb, workers)
+    params = _resolve_params(preset, sample_rate, clip_seconds, hop_seconds, split, pad_last, seed, shard_max_mb,
+                             workers, split_order, min_seconds)
+    t0 = time.perf_counter()
     tasks, plan = _plan(src, out, p, params)
-
     out.mkdir(parents=True, exist_ok=True)
-    clean_output(out)
-    sr, clip = params["sample_rate"], plan["clip_samples"]
-    writers = {s: AtomicShardWriter(out / s, out, max_bytes=int(params["shard_max_mb"] * 2**20)) for s in SPLITS}
-    sources: dict[str, dict] = {}
-    rejected: list[tuple[str, str]] = []
-    totals = {s: {"clips": 0, "seconds": 0.0, "files": 0} for s in SPLITS}
-    t0, audio_s = time.perf_counter(), 0.0
-    bar = tqdm(total=len(tasks), unit="file", desc="shard", disable=not progress, file=sys.stderr)
-    try:
-        for res in _results(tasks, params["workers"]):
-            res: FileResult
-            if res.reason is not None:
-                rejected.append((res.relpath, res.reason))
-                log(f"rejected: {src / res.relpath}: {res.reason}")
-            else:
-                for sample in res.samples:
-                    writers[res.split].write(sample)
-                sources[res.relpath] = {"split": res.split, "clips": len(res.samples), "seconds": round(res.seconds, 6), **(res.info or {})}
-                tot = totals[res.split]
-                tot["clips"] += len(res.samples)
-                tot["seconds"] += res.seconds
-                tot["files"] += 1
-                audio_s += res.seconds
-            bar.update(1)
-            bar.set_postfix(audio_h=f"{audio_s / 3600:.2f}", rejected=len(rejected), refresh=False)
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    finally:
-        bar.close()
-    shards = {s: w.close() for s, w in writers.items()}
-    write_rejected(out, rejected)
-    if not sources:
+    b = _build(tasks, src, out, params, progress, log)
+    empty = empty_splits(_files_per_split(b), params["split"])
+    if empty and b.rejected and b.sources and plan["split_source"] != "official lists":
+        log(f"rejected files left split(s) {', '.join(empty)} empty: splitting the {len(b.sources)} usable "
+            "file(s) again and rebuilding")
+        tasks, plan = _plan(src, out, p, params, drop=frozenset(r for r, _ in b.rejected))
+        first_rejected = b.rejected
+        b = _build(tasks, src, out, params, progress, log)
+        b.rejected = first_rejected + b.rejected
+        empty = empty_splits(_files_per_split(b), params["split"])
+    write_rejected(out, b.rejected)
+    if not b.sources:
         raise PrepError(f"{src}: none of the {len(tasks)} audio files was usable; see {out / REJECTED_NAME}")
+    warnings = [
+        f"split {s!r} is empty although its fraction is {params['split'][SPLITS.index(s)]:g}: only "
+        f"{len(b.sources)} usable file(s) for {sum(f > 0 for f in params['split'])} split(s); sashimi-train "
+        + ("needs a non-empty val split (or eval.val_batches=0)" if s == "val" else f"will have no {s} data")
+        for s in empty
+    ]
+    for w in warnings:
+        log(f"warning: {w}")
 
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "kind": "audio",
         "preset": preset,
         "params": params,
-        "sample_rate": sr,
-        "clip_samples": clip,
+        "sample_rate": params["sample_rate"],
+        "clip_samples": plan["clip_samples"],
         "hop_samples": plan["hop_samples"],
         "source_dir": str(src.resolve()),
         "split_source": plan["split_source"],
         "labels": list(p.labels) if p.labels else None,
         "splits": {
-            s: {"clips": totals[s]["clips"], "seconds": round(totals[s]["seconds"], 6), "files": totals[s]["files"], "shards": shards[s]}
+            s: {"clips": b.totals[s]["clips"], "seconds": round(b.totals[s]["seconds"], 6), "files": b.totals[s]["files"], "shards": b.shards[s]}
             for s in SPLITS
         },
-        "sources": dict(sorted(sources.items())),
-        "rejected": [{"path": p_, "reason": r} for p_, r in rejected],
+        "sources": dict(sorted(b.sources.items())),
+        "rejected": [{"path": p_, "reason": r} for p_, r in b.rejected],
+        "warnings": warnings,
         "ignored_files": plan["ignored_files"],
         "skipped_files": plan["skipped_files"],
         "build_seconds": round(time.perf_counter() - t0, 3),

@@ -26,6 +26,7 @@ class FileTask:
     pad_last: bool
     one_clip_per_file: bool
     label: int | None
+    min_samples: int = 0  # shorter files (after resampling) are rejected, never padded into a clip
 
 
 @dataclass
@@ -63,6 +64,9 @@ def process_file(task: FileTask) -> FileResult:
 def _process(t: FileTask) -> FileResult:
     audio, info = load_mono(t.path, t.sample_rate)
     n = len(audio)
+    if n < t.min_samples:
+        raise BadAudio(f"too short: {n / t.sample_rate:.3f} s after resampling < the minimum "
+                       f"{t.min_samples / t.sample_rate:g} s (--min-seconds)")
     if t.one_clip_per_file:
         spans = [(0, min(n, t.clip_samples))]
     else:

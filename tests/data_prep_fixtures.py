@@ -20,6 +20,14 @@ def write_audio(path: Path, data: np.ndarray, sr: int, fmt: str | None = None, s
     return path
 
 
+def write_truncated_wav(path: Path, seconds: float, keep_seconds: float, sr: int = 16000) -> Path:
+    """A valid 16-bit mono WAV of ``seconds`` whose file is then cut after ``keep_seconds`` of data."""
+    write_audio(path, sine(seconds, sr), sr)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: 44 + 2 * int(keep_seconds * sr)])  # 44-byte header, then 2 bytes per frame
+    return path
+
+
 def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -45,12 +53,10 @@ def build_bad_corpus(root: Path) -> tuple[dict[str, int], dict[str, str]]:
     good["good/UPPER.WAV"] = 1
     write_audio(root / "good/vorbis.ogg", sine(2.5, 16000), 16000, fmt="OGG", subtype="VORBIS")
     good["good/vorbis.ogg"] = 2
-    # libsndfile salvages the frames present in a truncated WAV: they are kept.
-    full = write_audio(root / "tmp_full.wav", sine(4.0, 16000), 16000)
-    raw = full.read_bytes()
-    full.unlink()
-    (root / "good/truncated.wav").write_bytes(raw[: 44 + 2 * 16000 * 2 + 1000])
-    good["good/truncated.wav"] = 2
+    # A WAV cut off mid-data: libsndfile decodes the 2.03 s present without complaint, but the header
+    # promised 4 s, so it is rejected as truncated (kept, it would be a silently short recording).
+    write_truncated_wav(root / "bad/truncated.wav", 4.0, keep_seconds=2.03)
+    bad["bad/truncated.wav"] = "truncated"
 
     flac = write_audio(root / "bad/truncated.flac", sine(3.0, 16000) + np.random.default_rng(0).normal(0, 0.1, 48000).astype(np.float32), 16000)
     flac.write_bytes(flac.read_bytes()[: len(flac.read_bytes()) // 2])
