@@ -4,6 +4,7 @@ import pathlib
 import random
 
 import pytest
+from s3_server import s3_bucket, s3_endpoint  # noqa: F401  (fixtures: a real S3 server on 127.0.0.1)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 os.environ.setdefault("KEOPS_CACHE_FOLDER", str(ROOT / ".keops_cache"))
