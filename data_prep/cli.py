@@ -8,11 +8,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .demo import make_demo_corpus
 from .manifest import ManifestError
+from .mnist import shard_mnist
 from .presets import PRESETS, SPLIT_ORDERS
+from .publish import output_dir
 from .shard import REJECTED_NAME, PrepError, shard_folder
 from .split import parse_fractions
-from .summary import split_summary
+from .storage import StorageError, is_uri
+from .summary import split_summary, summarize
+from .verify import verify_dataset
 
 
 def _fractions(text: str):
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except (PrepError, ManifestError, FileNotFoundError, ValueError) as e:
+    except (PrepError, ManifestError, StorageError, FileNotFoundError, ValueError) as e:
         print(f"sashimi-prep: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -85,12 +90,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     if args.cmd == "shard":
-        m = shard_folder(
-            args.src_dir, args.out_dir, args.preset, sample_rate=args.sample_rate, clip_seconds=args.clip_seconds,
-            hop_seconds=args.hop_seconds, split=args.split, split_order=args.split_order,
-            min_seconds=args.min_seconds, pad_last=args.pad_last, seed=args.seed,
-            shard_max_mb=args.shard_max_mb, workers=args.workers, progress=not args.quiet,
-        )
+        if is_uri(args.src_dir):
+            raise PrepError(f"{args.src_dir}: the source must be a local folder (OUT may be a URI)")
+        with output_dir(args.out_dir, progress=not args.quiet) as out:
+            m = shard_folder(
+                args.src_dir, out, args.preset, sample_rate=args.sample_rate, clip_seconds=args.clip_seconds,
+                hop_seconds=args.hop_seconds, split=args.split, split_order=args.split_order,
+                min_seconds=args.min_seconds, pad_last=args.pad_last, seed=args.seed,
+                shard_max_mb=args.shard_max_mb, workers=args.workers, progress=not args.quiet,
+            )
         sp = m["splits"]
         print("wrote " + ", ".join(f"{s}: {sp[s]['clips']} clips / {len(sp[s]['shards'])} shards" for s in sp) + f" -> {args.out_dir}")
         print(split_summary(m))
@@ -102,19 +110,15 @@ def _run(args) -> int:
             return 1
         return 0
     if args.cmd == "mnist":
-        from .mnist import shard_mnist
-
-        m = shard_mnist(args.idx_dir, args.out_dir, val_count=args.val_count, seed=args.seed, shard_max_mb=args.shard_max_mb, progress=not args.quiet)
+        with output_dir(args.out_dir, progress=not args.quiet) as out:
+            m = shard_mnist(args.idx_dir, out, val_count=args.val_count, seed=args.seed,
+                            shard_max_mb=args.shard_max_mb, progress=not args.quiet)
         print("wrote " + ", ".join(f"{s}: {v['clips']} samples" for s, v in m["splits"].items()) + f" -> {args.out_dir}")
         return 0
     if args.cmd == "inspect":
-        from .summary import summarize
-
         print(summarize(args.out_dir))
         return 0
     if args.cmd == "verify":
-        from .verify import verify_dataset
-
         problems = verify_dataset(args.out_dir, progress=not args.quiet)
         for p in problems:
             print(f"FAIL {p}")
@@ -124,8 +128,6 @@ def _run(args) -> int:
         print(f"verify: OK ({args.out_dir})")
         return 0
     if args.cmd == "demo":
-        from .demo import make_demo_corpus
-
         paths = make_demo_corpus(args.out_dir, minutes=args.minutes, seed=args.seed)
         print(f"wrote {len(paths)} demo audio files ({args.minutes:g} min) under {args.out_dir}")
         return 0

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
-from .atomicio import atomic_write_text
+from . import storage
 from .schema import SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"
@@ -21,13 +21,14 @@ class ManifestError(ValueError):
     """Missing or invalid manifest; the message names the path."""
 
 
-def manifest_path(out_dir: str | os.PathLike) -> Path:
-    return Path(out_dir) / MANIFEST_NAME
+def manifest_path(out_dir: str | os.PathLike) -> str:
+    """``OUT_DIR/manifest.json``: a local path or, for a dataset in an object store, a URI."""
+    return storage.join(out_dir, MANIFEST_NAME)
 
 
-def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> Path:
+def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> str:
     path = manifest_path(out_dir)
-    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    storage.write_text(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return path
 
 
@@ -35,7 +36,7 @@ def load_manifest(out_dir: str | os.PathLike) -> dict:
     """Read and sanity-check ``OUT_DIR/manifest.json``; raises ``ManifestError`` naming the path."""
     path = manifest_path(out_dir)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = storage.read_text(path)
     except FileNotFoundError:
         raise ManifestError(f"{path}: no manifest (dataset missing or its build did not finish)") from None
     except OSError as e:
@@ -64,7 +65,7 @@ def load_manifest(out_dir: str | os.PathLike) -> dict:
     return m
 
 
-def _check_relative(path: Path, rel: str) -> None:
+def _check_relative(path: str, rel: str) -> None:
     p = PurePosixPath(str(rel))
     if p.is_absolute() or ".." in p.parts or not p.parts:
         raise ManifestError(f"{path}: shard path {rel!r} escapes the dataset directory")
@@ -75,5 +76,5 @@ def shard_paths(out_dir: str | os.PathLike, split: str) -> list[str]:
     m = load_manifest(out_dir)
     if split not in m["splits"]:
         raise ManifestError(f"{manifest_path(out_dir)}: no split {split!r} (has {sorted(m['splits'])})")
-    root = Path(out_dir).resolve()
-    return [str(root / s["path"]) for s in m["splits"][split]["shards"]]
+    root = out_dir if storage.is_uri(out_dir) else Path(out_dir).resolve()
+    return [storage.join(root, s["path"]) for s in m["splits"][split]["shards"]]

@@ -37,7 +37,7 @@ class PrepError(RuntimeError):
 
 def clean_output(out_dir: Path) -> None:
     """Remove what a previous (possibly interrupted) run left, manifest first."""
-    manifest_path(out_dir).unlink(missing_ok=True)
+    Path(manifest_path(out_dir)).unlink(missing_ok=True)
     for name in (MANIFEST_NAME + TMP_SUFFIX, REJECTED_NAME, REJECTED_NAME + TMP_SUFFIX):
         (out_dir / name).unlink(missing_ok=True)
     for split in SPLITS:

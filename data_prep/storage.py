@@ -102,6 +102,16 @@ def isfile(path) -> bool:
         raise _wrap("stat", path, e) from e
 
 
+def size(path) -> int:
+    if not is_uri(path):
+        return local_path(path).stat().st_size
+    fs, p = filesystem(path)
+    try:
+        return int(fs.size(p))
+    except Exception as e:  # noqa: BLE001
+        raise _wrap("stat", path, e) from e
+
+
 def listdir(path) -> list[str]:
     """Names (not paths) directly under ``path``; [] when it does not exist."""
     if not is_uri(path):

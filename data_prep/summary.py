@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from .manifest import SPLITS, load_manifest
+from .storage import is_uri
 
 
 def _mb(n: int) -> str:
@@ -34,7 +35,7 @@ def summarize(out_dir: str | os.PathLike) -> str:
     m = load_manifest(out_dir)
     sr = m.get("sample_rate")
     lines = [
-        f"dataset   {os.path.abspath(out_dir)}",
+        f"dataset   {out_dir if is_uri(out_dir) else os.path.abspath(out_dir)}",
         f"kind      {m['kind']}   preset {m['preset']}   schema v{m['schema_version']}",
         f"format    {'%d Hz, ' % sr if sr else ''}{m['clip_samples']} steps per sample"
         + (f" ({m['clip_samples'] / sr:g} s)" if sr else ""),

@@ -15,6 +15,8 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from . import storage
+
 SHARD_PATTERN = "shard-{:06d}.tar"
 TMP_SUFFIX = ".tmp"
 
@@ -135,7 +137,8 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict]:
     shard = str(path)
     seen: set[str] = set()
     current: dict | None = None
-    with tarfile.open(shard, mode="r:") as tar:
+    # Stream mode ("r|"): members are read in order, so an object-store shard streams in one GET.
+    with storage.open_read(shard) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
         for info in tar:
             check_member_name(shard, info.name)
             if not info.isreg():
@@ -161,7 +164,7 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict]:
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_read(path) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()

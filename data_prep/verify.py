@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from tqdm import tqdm
 
+from . import storage
 from .manifest import ManifestError, load_manifest
 from .schema import SampleError, decode_sample
 from .tarshard import TarMemberError, iter_tar_samples, sha256_file
@@ -20,7 +21,7 @@ from .tarshard import TarMemberError, iter_tar_samples, sha256_file
 
 def verify_dataset(out_dir: str | os.PathLike, progress: bool = True) -> list[str]:
     """Return a list of problems (empty means the dataset is intact)."""
-    root = Path(out_dir)
+    root = str(out_dir)
     try:
         m = load_manifest(root)
     except ManifestError as e:
@@ -32,12 +33,13 @@ def verify_dataset(out_dir: str | os.PathLike, progress: bool = True) -> list[st
     split_counts: Counter = Counter()
     split_valid: Counter = Counter()
     for split, entry in bar:
-        path = root / entry["path"]
-        if not path.is_file():
+        path = storage.join(root, entry["path"])
+        if not storage.isfile(path):
             problems.append(f"{path}: shard listed in manifest is missing")
             continue
-        if path.stat().st_size != entry["bytes"]:
-            problems.append(f"{path}: size {path.stat().st_size} != manifest {entry['bytes']}")
+        size = storage.size(path)
+        if size != entry["bytes"]:
+            problems.append(f"{path}: size {size} != manifest {entry['bytes']}")
         if sha256_file(path) != entry["sha256"]:
             problems.append(f"{path}: sha256 mismatch (file changed since it was written)")
         n = 0
@@ -65,12 +67,11 @@ def verify_dataset(out_dir: str | os.PathLike, progress: bool = True) -> list[st
             problems.append(f"split {split}: {split_counts[split]} valid samples decoded, manifest says {info['clips']} clips")
         if m["kind"] == "audio" and abs(split_valid[split] / m["sample_rate"] - info["seconds"]) > 1e-3:
             problems.append(f"split {split}: {split_valid[split] / m['sample_rate']:.3f} s of audio, manifest says {info['seconds']}")
-        listed = {(root / s["path"]).resolve() for s in info["shards"]}
-        d = root / split
-        if d.is_dir():
-            for p in sorted(d.glob("*.tar*")):
-                if p.resolve() not in listed:
-                    problems.append(f"{p}: stray file not in the manifest (stale or partial shard)")
+        listed = {PurePosixPath(s["path"]).name for s in info["shards"] if PurePosixPath(s["path"]).parent.name == split}
+        d = storage.join(root, split)
+        for name in storage.listdir(d):
+            if ".tar" in name and name not in listed:
+                problems.append(f"{storage.join(d, name)}: stray file not in the manifest (stale or partial shard)")
     if m["kind"] == "audio":
         for rel, info in m["sources"].items():
             if per_source[rel] != info["clips"]:
