@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .atomicio import atomic_write
+
 # (relative path, sample rate, channels, share of the total duration)
 LAYOUT = (
     ("pieces/etude_a.wav", 16000, 1, 0.20),
@@ -80,8 +82,6 @@ def make_demo_corpus(out_dir: str | os.PathLike, minutes: float = 3.0, seed: int
         path.parent.mkdir(parents=True, exist_ok=True)
         audio = synth_piece(minutes * 60 * share, sr, ch, seed * 1000 + i)
         fmt = "FLAC" if rel.endswith(".flac") else "WAV"
-        tmp = path.with_name(path.name + ".tmp")
-        sf.write(tmp, audio, sr, format=fmt, subtype="PCM_16")
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: sf.write(f, audio, sr, format=fmt, subtype="PCM_16"))
         paths.append(str(path.resolve()))
     return paths
