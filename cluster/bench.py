@@ -8,16 +8,19 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
+
+from data_prep.demo import make_demo_corpus
+from data_prep.shard import shard_folder
+
+from .jobs import load_job
+from .launch import run
+from .prepare import DEMO_SAMPLE_RATE
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "jobs" / "quickstart.yaml"
 
 
 def bench_one(job_path: str, workers: int, steps: int, shards: str, storage: str, extra: list[str]) -> dict:
-    from .jobs import load_job
-    from .launch import run
-
     overrides = [f"scaling.num_workers={workers}", f"training.max_steps={steps}", f"checkpoint.every={steps}",
                  f"eval.every={steps}", "eval.val_batches=0", "eval.generate_samples=0",
                  f"logging.every={max(1, steps // 4)}", f"data.shards={shards}", f"checkpoint.storage={storage}",
@@ -50,12 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sashimi-bench-") as tmp:
         shards = args.shards
         if shards is None:
-            from data_prep.demo import make_demo_corpus
-            from data_prep.shard import shard_folder
-
             make_demo_corpus(Path(tmp) / "src", minutes=1.0)
             shards = str(Path(tmp) / "shards")
-            shard_folder(Path(tmp) / "src", shards, "generic", sample_rate=16000, clip_seconds=1.0, progress=False)
+            shard_folder(Path(tmp) / "src", shards, "generic", sample_rate=DEMO_SAMPLE_RATE, clip_seconds=1.0,
+                         progress=False)
         rows = [bench_one(args.job, w, args.steps, shards, str(Path(tmp) / "runs"), args.overrides)
                 for w in args.workers]
     print("\n| workers | global batch | crop | run()→first step (s) | fit()→first step (s) | samples/s | "

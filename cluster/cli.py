@@ -5,6 +5,8 @@ import argparse
 import sys
 
 from .config import JobConfigError
+from .driver import train_and_sample
+from .jobs import load_job
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,12 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # options may follow overrides
-    from .jobs import load_job
-
     try:
         job = load_job(args.job, args.overrides)
-        from .quickstart import train_and_sample
-
         train_and_sample(job, args.job, fresh=args.fresh, num_cpus=args.num_cpus, write_wav=not args.no_wav)
     except JobConfigError as e:
         print(f"sashimi-train: error: {e}", file=sys.stderr)

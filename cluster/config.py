@@ -8,6 +8,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from sashimi.config import SaShiMiConfig
+
 
 class JobConfigError(ValueError):
     """A job spec is invalid; the message names the file and the dotted key."""
@@ -94,7 +96,9 @@ class LoggingConfig:
 class JobConfig:
     name: str
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict = field(default_factory=dict)  # SaShiMiConfig.from_dict checks the keys
+    # Both tasks' models are configured by SaShiMiConfig (the classifier ignores pool/expand/unet); parsed
+    # once, in job_from_dict, with l_max defaulting to data.crop.
+    model: SaShiMiConfig = field(default_factory=SaShiMiConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -110,7 +114,10 @@ class JobConfig:
     task: Literal["generate", "classify"] = "generate"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data (what checkpoints store as JSON and Ray hands to the workers)."""
+        out = dataclasses.asdict(self)
+        out["model"] = self.model.to_dict()
+        return out
 
 
 # Range checks: dotted key -> (predicate, description).
@@ -212,21 +219,31 @@ def _build(cls, raw: Any, prefix: str, where: str):
 
 def job_from_dict(raw: Any, where: str = "<job>") -> JobConfig:
     """Validate a parsed YAML mapping into a JobConfig; `where` (the file) is named in every error."""
-    job = _build(JobConfig, raw, "", where)
-    if isinstance(job.model, dict) and "l_max" not in job.model and job.data.crop:
-        # The DPLR kernel is defined at l_max; training at exactly that length is cheapest and
-        # other lengths stay exact. Written into the job, so checkpoints record it.
-        job.model["l_max"] = int(job.data.crop)
-    try:  # the model section is owned by sashimi; it names the bad key itself
-        from sashimi.config import SaShiMiConfig
-
-        SaShiMiConfig.from_dict(job.model)
-    except (ValueError, TypeError) as e:
-        msg = str(e) if "model" in str(e) else f"model: {e}"
-        raise JobConfigError(f"{where}: {msg}") from e
+    if not isinstance(raw, dict):
+        raise JobConfigError(f"{where}: top level: expected a mapping, got {type(raw).__name__}")
+    job = _build(JobConfig, {k: v for k, v in raw.items() if k != "model"}, "", where)
+    job.model = _model_config(raw.get("model", {}), job.data.crop, where)
     if job.scaling.use_gpu is False and job.scaling.resources_per_worker.get("GPU"):
         raise JobConfigError(f"{where}: scaling.resources_per_worker: asks for GPU but scaling.use_gpu is false")
     for k, v in job.scaling.resources_per_worker.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
             raise JobConfigError(f"{where}: scaling.resources_per_worker.{k}: expected a number >= 0, got {v!r}")
     return job
+
+
+def _model_config(raw: Any, crop: int | None, where: str) -> SaShiMiConfig:
+    """The `model:` section as a SaShiMiConfig (sashimi owns its keys and names a bad one itself)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise JobConfigError(f"{where}: model: expected a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    if "l_max" not in raw and crop:
+        # The DPLR kernel is defined at l_max; training at exactly that length is cheapest and
+        # other lengths stay exact. Written into the job, so checkpoints record it.
+        raw["l_max"] = int(crop)
+    try:
+        return SaShiMiConfig.from_dict(raw)
+    except (ValueError, TypeError) as e:
+        msg = str(e) if "model" in str(e) else f"model: {e}"
+        raise JobConfigError(f"{where}: {msg}") from e

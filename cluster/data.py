@@ -11,121 +11,27 @@ pure function of (job seed, rank, segment start step). A run resumed at step k t
 very same batches an uninterrupted run reads from step k: no stream position has to be saved
 beyond the step count.
 
-Bad data (`data.on_bad_sample`): a truncated/corrupt tar or a sample that fails
-`data_prep.schema.decode_sample` (missing member, bad json, undecodable FLAC) is either logged with its
-shard and skipped ("skip") or raised as BadDataError naming the shard ("stop"). Skipping is local to a
-rank and cannot hang DDP: the resampled stream simply reads on, and every rank still yields exactly n
-batches. Shard members are only ever read as bytes (never extracted to disk, never unpickled): only the
-`json`, `flac` and `u8` members are decoded, by json / libsndfile / numpy.
+Shards are read through data_prep.reader (the project's one shard reader) and its bad-data policy
+(`data.on_bad_sample`): a truncated/corrupt tar or a sample that fails to decode is logged with its shard
+and skipped ("skip") or raised as BadDataError naming the shard ("stop"). Skipping is local to a rank and
+cannot hang DDP: the resampled stream simply reads on, and every rank still yields exactly n batches.
+This module turns decoded samples into token tensors and batches.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
-import re
-import sys
 from typing import Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 
-from data_prep.schema import SampleError, decode_sample
+from data_prep.reader import BadSamplePolicy, raw_samples, samples
+from data_prep.schema import SampleError
 from sashimi.quantize import minmax_scale, quantize, zero_class
 
-
-def mix_seed(*parts: int) -> int:
-    """A stable 63-bit seed from integers (hash() of tuples is salted per process for str; avoid it)."""
-    h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(h[:8], "little") >> 1
-
-
-class BadDataError(RuntimeError):
-    """A bad shard or sample under data.on_bad_sample=stop, or nothing decodable at all; names the shard.
-    str() is the message alone, even after webdataset appends the stream and url to args."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-MAX_BAD_IN_A_ROW = 1000  # skipping never spins forever: this many bad items without a good sample is fatal
-
-
-def _log(msg: str) -> None:
-    sys.stderr.write(f"[sashimi] {msg}\n")
-    sys.stderr.flush()
-
-
-def _shard_of(exn: BaseException) -> str:
-    """The shard path webdataset appended to an exception's args (last string arg), if any."""
-    strs = [a for a in getattr(exn, "args", ()) if isinstance(a, str)]
-    for a in reversed(strs):
-        if a.endswith((".tar", ".tar.gz", ".tgz")) or ("://" in a and " " not in a):
-            return a
-    for a in strs:  # errors inside a tar carry "... @ <_io.BufferedReader name='/path/shard.tar'>"
-        m = re.search(r"name='([^']+)'", a)
-        if m:
-            return m.group(1)
-    return "<unknown shard>"
-
-
-class BadSamplePolicy:
-    """data.on_bad_sample for one pipeline: `tar_error` is the webdataset exception handler (unreadable or
-    truncated tar: the rest of that shard is skipped), `sample_error` handles a sample that fails to decode.
-    Each distinct problem is logged once per process; repeats are only counted."""
-
-    def __init__(self, mode: str = "skip", log=_log, max_in_a_row: int | None = None):
-        max_in_a_row = MAX_BAD_IN_A_ROW if max_in_a_row is None else max_in_a_row
-        if mode not in ("skip", "stop"):
-            raise ValueError(f"data.on_bad_sample must be 'skip' or 'stop', got {mode!r}")
-        self.mode, self.log, self.max_in_a_row = mode, log, max_in_a_row
-        self.skipped, self.in_a_row, self.seen = 0, 0, set()
-
-    def _skip(self, what: str) -> None:
-        self.skipped += 1
-        self.in_a_row += 1
-        if what not in self.seen and len(self.seen) < 1000:
-            self.seen.add(what)
-            self.log(f"data: skipping {what} (data.on_bad_sample=skip)")
-        if self.in_a_row >= self.max_in_a_row:
-            raise BadDataError(f"{self.in_a_row} bad shards/samples in a row and no good sample, last: {what}; "
-                               f"check the shard directory with `sashimi-prep verify`")
-
-    def tar_error(self, exn: BaseException) -> bool:
-        if isinstance(exn, BadDataError):  # our own verdict, passing back up through webdataset's handlers
-            raise exn
-        shard = _shard_of(exn)
-        msg = str(exn.args[0]) if getattr(exn, "args", None) else str(exn)
-        what = f"rest of shard {shard}: unreadable tar ({type(exn).__name__}: {msg.split(' @ ')[0][:200]})"
-        if self.mode == "stop":
-            raise BadDataError(f"shard {shard}: unreadable tar ({type(exn).__name__}: {msg[:300]}); "
-                               f"data.on_bad_sample=stop") from exn
-        self._skip(what)
-        return True
-
-    def sample_error(self, raw: dict, exn: SampleError) -> None:
-        shard = raw.get("__url__", "<unknown shard>")
-        if self.mode == "stop":
-            raise BadDataError(f"shard {shard}: {exn}; data.on_bad_sample=stop") from exn
-        self._skip(f"bad sample in shard {shard}: {exn}")
-
-    def good(self) -> None:
-        self.in_a_row = 0
-
-    def decode(self, raw: dict):
-        """decode_sample(raw), or None after handling a SampleError per the policy."""
-        try:
-            sample = decode_sample(raw)
-        except SampleError as e:
-            self.sample_error(raw, e)
-            return None
-        self.good()
-        return sample
+from .seeds import mix_seed
 
 
 def _loader_worker_id() -> int:
@@ -195,6 +101,16 @@ def make_item(sample, raw: dict, crop: int | None, quantization: str, rng: rando
     return tokens, mask, torch.tensor(sample.label, dtype=torch.int64)
 
 
+class _ShardMembers:
+    """Pipeline stage: ResampledShards' {"url": ...} items -> the raw samples of each shard."""
+
+    def __init__(self, policy: BadSamplePolicy):
+        self.policy = policy
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        return raw_samples((item["url"] for item in src), self.policy)
+
+
 def collate(items):
     """Stack (tokens, mask[, label]) items into (tokens (B, L), mask (B, L)[, labels (B,)])."""
     return tuple(torch.stack(column) for column in zip(*items))
@@ -209,7 +125,7 @@ def train_loader(urls: list[str], *, seed: int, rank: int, start_step: int, n_ba
     policy = BadSamplePolicy(on_bad_sample)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seg_seed, worker_seed=_loader_worker_id, deterministic=True),
-        wds.tarfile_to_samples(handler=policy.tar_error),
+        _ShardMembers(policy),
         CropShuffle(seg_seed, crop, quantization, shuffle_buffer, policy, n_labels),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     )
@@ -225,10 +141,7 @@ def split_batches(urls: list[str], *, batch_size: int, crop: int | None, quantiz
     rng = random.Random(mix_seed(seed, 7919))
     items = []
     policy = BadSamplePolicy(on_bad_sample)
-    for raw in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=policy.tar_error)):
-        sample = policy.decode(raw)
-        if sample is None:
-            continue
+    for raw, sample in samples(urls, policy):
         item = make_item(sample, raw, crop, quantization, rng, policy, n_labels)
         if item is None:
             continue

@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
+import ray
 import torch
+from tqdm import tqdm
+
+from data_prep.manifest import ManifestError, load_manifest, shard_paths
+from data_prep.reader import BadDataError, BadSamplePolicy, samples
+from sashimi.metrics import nll_bits_sum, shift_inputs
+from sashimi.quantize import zero_class
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import tokens_from_sample
+from .connect import local_ray_init_kwargs
 
 
 def _empty() -> dict:
@@ -36,9 +48,6 @@ def merge(results: list[dict]) -> dict:
 
 
 def _score_batch(model, items, device, files) -> None:
-    from sashimi.metrics import nll_bits_sum, shift_inputs
-    from sashimi.quantize import zero_class
-
     tokens = torch.stack([t for t, _, _ in items]).to(device)
     mask = torch.stack([m for _, m, _ in items]).to(device)
     with torch.inference_mode():
@@ -51,49 +60,36 @@ def _score_batch(model, items, device, files) -> None:
         f["clips"] += 1
 
 
-def eval_shards(checkpoint: str, shards: list[str], batch: int = 1, device: str = "cpu",
-                progress: bool = False, total: int | None = None, threads: int | None = None) -> dict:
-    """Per-source-file NLL sums over every clip of ``shards`` (the unit a Ray worker runs)."""
-    from data_prep.schema import decode_sample
-    from data_prep.tarshard import iter_tar_samples
-
-    from .checkpoint import load_model
-    from .data import tokens_from_sample
-
-    if threads:
-        torch.set_num_threads(threads)
-    model, job = load_model(checkpoint)
+def score_shards(model, quantization: str, shards: list[str], batch: int = 1, device: str = "cpu",
+                 progress: bool = False, total: int | None = None) -> dict:
+    """Per-source-file NLL sums over every clip of ``shards`` (strict: a bad shard or sample raises
+    BadDataError naming the shard)."""
     model.to(device)
-    quant = job["data"]["quantization"]
     files: dict = {}
     pending: list = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="eval", unit="clip", file=sys.stderr)
+    bar = tqdm(total=total, desc="eval", unit="clip", file=sys.stderr, disable=not progress)
     rng = random.Random(0)  # unused: crop=None scores the whole clip from its start
-    for path in shards:
-        for raw in iter_tar_samples(path):
-            try:
-                sample = decode_sample(raw)
-            except ValueError as e:
-                raise ValueError(f"{path}: {e}") from None
-            tokens, mask = tokens_from_sample(sample, None, quant, rng)
-            source = str(sample.meta.get("source", Path(path).name))
-            if pending and (len(pending) == batch or pending[0][0].shape != tokens.shape):
-                _score_batch(model, pending, device, files)
-                if bar is not None:
-                    bar.update(len(pending))
-                pending = []
-            pending.append((tokens, mask, source))
+    for raw, sample in samples(shards, BadSamplePolicy("stop")):
+        tokens, mask = tokens_from_sample(sample, None, quantization, rng)
+        source = str(sample.meta.get("source", Path(raw["__url__"]).name))
+        if pending and (len(pending) == batch or pending[0][0].shape != tokens.shape):
+            _score_batch(model, pending, device, files)
+            bar.update(len(pending))
+            pending = []
+        pending.append((tokens, mask, source))
     if pending:
         _score_batch(model, pending, device, files)
-        if bar is not None:
-            bar.update(len(pending))
-    if bar is not None:
-        bar.close()
+        bar.update(len(pending))
+    bar.close()
     return {"files": files}
+
+
+def eval_shards(checkpoint: str, shards: list[str], batch: int = 1, threads: int | None = None) -> dict:
+    """The unit one Ray task runs: load the checkpoint, score its share of the shards on the CPU."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, _, quant, _, _ = load_checkpoint(checkpoint)
+    return score_shards(model, quant, shards, batch)
 
 
 def split_round_robin(items: list, n: int) -> list[list]:
@@ -108,12 +104,6 @@ def eval_with_ray(checkpoint: str, shards: list[str], workers: int, batch: int, 
     ``address`` (or RAY_ADDRESS) if given, else starts a private local Ray (never attaching to a
     ``ray start`` head that happens to run here). On a multi-node cluster the checkpoint and the
     shard paths must be on shared storage."""
-    import os
-
-    import ray
-
-    from .launch import local_ray_init_kwargs
-
     started = not ray.is_initialized()  # shut down only a Ray this call started
     if started:
         address = address or os.environ.get("RAY_ADDRESS")
@@ -122,29 +112,23 @@ def eval_with_ray(checkpoint: str, shards: list[str], workers: int, batch: int, 
         else:
             ray.init(address="local", log_to_driver=False, **local_ray_init_kwargs(workers))
     try:
-        return _run_tasks(ray, checkpoint, shards, workers, batch, progress)
+        return _run_tasks(checkpoint, shards, workers, batch, progress)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run_tasks(ray, checkpoint, shards, workers, batch, progress) -> dict:
+def _run_tasks(checkpoint, shards, workers, batch, progress) -> dict:
     task = ray.remote(num_cpus=1)(eval_shards)
-    refs = [task.remote(str(Path(checkpoint).resolve()), part, batch, "cpu", False, None, 1)
-            for part in split_round_robin(shards, workers)]
+    refs = [task.remote(str(Path(checkpoint).resolve()), part, batch, 1) for part in split_round_robin(shards, workers)]
     results, left = [], list(refs)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(refs), desc=f"eval ({len(refs)} ray tasks)", unit="task", file=sys.stderr)
+    bar = tqdm(total=len(refs), desc=f"eval ({len(refs)} ray tasks)", unit="task", file=sys.stderr,
+               disable=not progress)
     while left:
         done, left = ray.wait(left, num_returns=1)
         results.append(ray.get(done[0]))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     return merge(results)
 
 
@@ -177,45 +161,24 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from data_prep.manifest import ManifestError, load_manifest, shard_paths
-
-    from .checkpoint import WrongTaskError, job_of, load_state, require_task
-
     a = parse_args(argv)
     try:
-        state = load_state(a.checkpoint)
-        job = job_of(state)
-    except Exception as e:  # missing file, not a checkpoint, wrong format version
-        print(f"sashimi-eval: {a.checkpoint}: cannot load checkpoint: {e}", file=sys.stderr)
-        return 2
-    step = int(state["step"])
-    del state
-    try:
-        require_task(job, "generate", a.checkpoint)
-    except WrongTaskError as e:  # a classifier checkpoint: no NLL to score
-        print(f"sashimi-eval: {e}", file=sys.stderr)
-        return 2
-    try:
+        model, job, quant, _, step = load_checkpoint(a.checkpoint)  # a classifier checkpoint: WrongTaskError
         shards = shard_paths(a.data, a.split)
         clips = load_manifest(a.data)["splits"][a.split].get("clips")
-    except ManifestError as e:
-        print(f"sashimi-eval: {e}", file=sys.stderr)
-        return 2
-    if not shards:
-        print(f"sashimi-eval: {a.data}: split {a.split!r} has no shards", file=sys.stderr)
-        return 2
-    t0 = time.perf_counter()
-    try:
+        if not shards:
+            raise ManifestError(f"{a.data}: split {a.split!r} has no shards")
+        t0 = time.perf_counter()
         if a.workers > 1:
             res = eval_with_ray(a.checkpoint, shards, a.workers, a.batch, not a.quiet, a.ray_address)
         else:
-            res = eval_shards(a.checkpoint, shards, a.batch, a.device, not a.quiet, clips)
-    except ValueError as e:
+            res = score_shards(model, quant, shards, a.batch, a.device, not a.quiet, clips)
+    except (CheckpointError, ManifestError, BadDataError) as e:
         print(f"sashimi-eval: {e}", file=sys.stderr)
         return 2
-    report = {"checkpoint": str(Path(a.checkpoint).resolve()), "step": step, "job": job.get("name"),
+    report = {"checkpoint": str(Path(a.checkpoint).resolve()), "step": step, "job": job.name,
               "data": str(Path(a.data).resolve()), "split": a.split, "shards": len(shards),
-              "quantization": job["data"]["quantization"], "unit": "bits per byte (8-bit token), padding excluded",
+              "quantization": quant, "unit": "bits per byte (8-bit token), padding excluded",
               "workers": a.workers, "seconds": round(time.perf_counter() - t0, 3), **summarise(res["files"])}
     o = report["overall"]
     print(f"sashimi-eval: {a.split}: {o['bits_per_byte']:.4f} bits/byte over {o['clips']} clips "

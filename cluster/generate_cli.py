@@ -16,9 +16,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
+from PIL import Image
+from tqdm import tqdm
 
-DEFAULT_SAMPLE_RATE = 16000
+from data_prep.audio_io import BadAudio, load_mono
+from sashimi.generate import conv_log_probs, generate
+from sashimi.quantize import minmax_scale, quantize
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .tboard import decode_tokens, spectrogram_image
+
 SCORE_BATCH = 4  # sequences per conv-mode scoring pass (~1.7x faster per sample than one at a time on CPU)
 
 
@@ -26,30 +35,9 @@ class GenerateError(ValueError):
     """A bad input to sashimi-generate; the message names the file or option."""
 
 
-def job_sample_rate(job: dict, override: int | None) -> tuple[int, str]:
-    """(rate, where it came from): --sample-rate, else the manifest of the job's shards, else 16 kHz.
-    Checkpoints store the job, not the manifest, so the manifest is read if it is still there."""
-    if override:
-        return int(override), "--sample-rate"
-    shards = (job.get("data") or {}).get("shards")
-    if shards:
-        from data_prep.manifest import ManifestError, load_manifest
-
-        try:
-            rate = load_manifest(shards).get("sample_rate")
-        except ManifestError:
-            rate = None
-        if rate:
-            return int(rate), f"{Path(shards) / 'manifest.json'}"
-    return DEFAULT_SAMPLE_RATE, "default"
-
-
 def prime_tokens(path: str, sample_rate: int, seconds: float, quantization: str) -> torch.Tensor:
     """The first ``seconds`` of an audio file as tokens (P,): downmix, resample, min-max scale and
     quantise exactly as training does (cluster.data.tokens_from_sample)."""
-    from data_prep.audio_io import BadAudio, load_mono
-    from sashimi.quantize import minmax_scale, quantize
-
     try:
         audio, _ = load_mono(path, sample_rate)
     except BadAudio as e:
@@ -64,16 +52,12 @@ def prime_tokens(path: str, sample_rate: int, seconds: float, quantization: str)
 
 def write_png(image: torch.Tensor, path: Path) -> None:
     """(H, W) in [0, 1] -> 8-bit grey PNG."""
-    from PIL import Image
-
     Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L").save(path)
 
 
 def score(model, seqs: torch.Tensor, start: int) -> list[tuple[float, float]]:
     """Per sequence of (B, L): (sum, mean) bits of seq[start:] given everything before it, in
     convolution mode (independent of the step-mode sampler)."""
-    from sashimi.generate import conv_log_probs
-
     lp = conv_log_probs(model, seqs)[:, start:]
     bits = -lp.sum(1) / math.log(2)
     return [(float(b), float(b) / max(lp.shape[1], 1)) for b in bits]
@@ -90,7 +74,7 @@ def parse_args(argv):
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, help="sampling seed (random if omitted; recorded in the JSON)")
     p.add_argument("--compile", action="store_true", help="compile each tier's step with Inductor (once, before timing)")
-    p.add_argument("--sample-rate", type=int, help="override the rate (default: the job's manifest, else 16000)")
+    p.add_argument("--sample-rate", type=int, help="override the rate (default: the one stored in the checkpoint)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads while stepping (default: all cores when compiled; eager: 1 below batch 8, "
@@ -105,44 +89,25 @@ def parse_args(argv):
     return a
 
 
-def main(argv=None) -> int:
-    from cluster.checkpoint import WrongTaskError, load_model, load_state
-    from cluster.tboard import decode_tokens, spectrogram_image
-    from sashimi.generate import generate
-
-    a = parse_args(argv)
-    try:
-        model, job = load_model(a.checkpoint)
-    except WrongTaskError as e:  # a classifier checkpoint: nothing to generate
-        print(f"sashimi-generate: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # missing file, not a checkpoint, wrong format version, bad job
-        print(f"sashimi-generate: {a.checkpoint}: cannot load checkpoint: {e}", file=sys.stderr)
-        return 2
-    step = int(load_state(a.checkpoint)["step"])
-    quant = job["data"]["quantization"]
+def load_inputs(a) -> tuple:
+    """(model on a.device, job, quantisation, rate, where the rate came from, step, prime tokens or None)
+    from the checkpoint and the options; GenerateError / CheckpointError name what is wrong."""
+    model, job, quant, rate, step = load_checkpoint(a.checkpoint)
     if quant == "none":
-        print(f"sashimi-generate: {a.checkpoint}: a pixel model (quantization none); use "
-              "`python -m cluster.mnist_demo complete` for digits", file=sys.stderr)
-        return 2
-    rate, rate_from = job_sample_rate(job, a.sample_rate)
+        raise GenerateError(f"{a.checkpoint}: a pixel model (quantization none); use "
+                            "`python -m cluster.mnist_demo complete` for digits")
+    rate, rate_from = (a.sample_rate, "--sample-rate") if a.sample_rate else (rate, "checkpoint")
+    if int(round(a.seconds * rate)) < 1:
+        raise GenerateError(f"--seconds {a.seconds} is less than one sample at {rate} Hz")
     device = torch.device(a.device)
-    model.to(device)
-    n = int(round(a.seconds * rate))
-    if n < 1:
-        print(f"sashimi-generate: --seconds {a.seconds} is less than one sample at {rate} Hz", file=sys.stderr)
-        return 2
     prime = None
     if a.prime:
-        try:
-            prime = prime_tokens(a.prime, rate, a.prime_seconds, quant).to(device)[None].repeat(a.batch, 1)
-        except GenerateError as e:
-            print(f"sashimi-generate: {e}", file=sys.stderr)
-            return 2
-    seed = a.seed if a.seed is not None else random.SystemRandom().randrange(2**62)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+        prime = prime_tokens(a.prime, rate, a.prime_seconds, quant).to(device)[None].repeat(a.batch, 1)
+    return model.to(device), job, quant, rate, rate_from, step, prime
 
+
+def sample(model, a, n: int, prime, seed: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(tokens with the prime in front, the sampler's log-probs, compile seconds, generation seconds)."""
     compile_s = 0.0
     if a.compile:  # compile every tier at this batch size first, so the timing below is steady state
         t0 = time.perf_counter()
@@ -154,18 +119,18 @@ def main(argv=None) -> int:
                             seed=seed, threads=a.threads, progress=not a.quiet, compile=a.compile,
                             return_logprobs=True)
     gen_s = time.perf_counter() - t0
-    P = 0 if prime is None else prime.shape[1]
     full = tokens if prime is None else torch.cat([prime, tokens], 1)
+    return full, logp, compile_s, gen_s
 
-    import soundfile as sf
-    from tqdm import tqdm
 
-    samples = []
-    t1 = time.perf_counter()
+def write_samples(model, full: torch.Tensor, logp: torch.Tensor, n_prime: int, quant: str, rate: int, out: Path,
+                  quiet: bool) -> list[dict]:
+    """A WAV, a spectrogram PNG and the tokens per sample, with its NLL re-scored in convolution mode."""
     scores = []
     for i in tqdm(range(0, full.shape[0], SCORE_BATCH), desc="scoring (conv mode)", unit="batch",
-                  disable=a.quiet, file=sys.stderr):
-        scores += score(model, full[i:i + SCORE_BATCH], P)
+                  disable=quiet, file=sys.stderr):
+        scores += score(model, full[i:i + SCORE_BATCH], n_prime)
+    samples = []
     for i, (bits, mean) in enumerate(scores):
         wave = decode_tokens(full[i].cpu(), quant)
         stem = out / f"sample_{i:03d}"
@@ -175,14 +140,32 @@ def main(argv=None) -> int:
         samples.append({"wav": f"{stem.name}.wav", "spectrogram": f"{stem.name}.png",
                         "tokens": f"{stem.name}.tokens.npy", "bits_sum": bits, "bits_mean": mean,
                         "step_bits_sum": -float(logp[i].sum()) / math.log(2)})
+    return samples
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    try:
+        model, job, quant, rate, rate_from, step, prime = load_inputs(a)
+    except (GenerateError, CheckpointError) as e:
+        print(f"sashimi-generate: {e}", file=sys.stderr)
+        return 2
+    n = int(round(a.seconds * rate))
+    seed = a.seed if a.seed is not None else random.SystemRandom().randrange(2**62)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    full, logp, compile_s, gen_s = sample(model, a, n, prime, seed)
+    P = 0 if prime is None else prime.shape[1]
+    t1 = time.perf_counter()
+    samples = write_samples(model, full, logp, P, quant, rate, out, a.quiet)
     score_s = time.perf_counter() - t1
     sps = full.shape[0] * n / gen_s
     report = {
-        "checkpoint": str(Path(a.checkpoint).resolve()), "step": step, "job": job.get("name"),
+        "checkpoint": str(Path(a.checkpoint).resolve()), "step": step, "job": job.name,
         "quantization": quant, "sample_rate": rate, "sample_rate_from": rate_from,
         "prime": None if prime is None else {"file": str(a.prime), "samples": P, "seconds": P / rate},
         "generated_samples": n, "batch": a.batch, "temperature": a.temperature, "top_p": a.top_p, "seed": seed,
-        "compile": a.compile, "device": str(device), "threads": a.threads,
+        "compile": a.compile, "device": a.device, "threads": a.threads,
         "compile_seconds": compile_s, "generate_seconds": gen_s, "score_seconds": score_s, "samples_per_s": sps,
         "real_time_factor": sps / rate,
         "note": "bits_* are the generated tokens' NLL at temperature 1, scored in convolution mode; "

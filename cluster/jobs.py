@@ -1,7 +1,8 @@
-"""Loading job YAMLs, applying `key=value` overrides, and checking the data they point at.
-Everything here runs on the driver before Ray is touched."""
+"""Loading job YAMLs and applying `key=value` overrides (values parsed as YAML). Runs on the driver
+before Ray is touched; the data the job points at is checked in cluster.prepare."""
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -27,8 +28,6 @@ def parse_override(text: str, where: str) -> tuple[list[str], object]:
 
 def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
     """Set each dotted key in a copy of the raw mapping; unknown keys are caught later by the schema."""
-    import copy
-
     out = copy.deepcopy(raw)
     for text in overrides:
         parts, value = parse_override(text, where)
@@ -62,43 +61,3 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     if overrides:
         raw = apply_overrides(raw, overrides, f"{where} (command-line override)")
     return job_from_dict(raw, where)
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def resolve_paths(job: JobConfig) -> JobConfig:
-    """Make local paths absolute so Ray workers (other cwd) and storage find the same places."""
-    if not is_uri(job.data.shards):
-        job.data.shards = str(Path(job.data.shards).expanduser().resolve())
-    if not is_uri(job.checkpoint.storage):
-        job.checkpoint.storage = str(Path(job.checkpoint.storage).expanduser().resolve())
-    if job.checkpoint.init_from and not is_uri(job.checkpoint.init_from):
-        job.checkpoint.init_from = str(Path(job.checkpoint.init_from).expanduser().resolve())
-    return job
-
-
-def shard_lists(job: JobConfig, where: str = "<job>") -> dict[str, list[str]]:
-    """{"train": [...], "val": [...]} from the dataset's manifest; raises JobConfigError naming data.shards."""
-    from data_prep.manifest import ManifestError, shard_paths
-
-    root = Path(job.data.shards)
-    if not root.is_dir():
-        raise JobConfigError(f"{where}: data.shards: directory {root} does not exist "
-                             f"(build it with `sashimi-prep`, or set data.demo_minutes for the demo corpus)")
-    out = {}
-    for key, split in (("train", job.data.train_split), ("val", job.data.val_split)):
-        try:
-            out[key] = shard_paths(root, split)
-        except ManifestError as e:
-            raise JobConfigError(f"{where}: data.{key}_split: {e}") from None
-        missing = [p for p in out[key] if not Path(p).is_file()]
-        if missing:
-            raise JobConfigError(f"{where}: data.shards: manifest lists missing shard(s) {missing[:3]}")
-    if not out["train"]:
-        raise JobConfigError(f"{where}: data.train_split: split {job.data.train_split!r} has no shards in {root}")
-    if job.eval.val_batches and not out["val"]:
-        raise JobConfigError(f"{where}: data.val_split: split {job.data.val_split!r} has no shards in {root} "
-                             f"(set eval.val_batches=0 to train without validation)")
-    return out

@@ -20,6 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
+
+from data_prep.manifest import ManifestError, shard_paths
+from data_prep.reader import BadDataError, BadSamplePolicy, samples
+from sashimi.generate import generate
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import split_batches
+from .tasks import N_LABELS, ClassifyTask
 
 SIDE = 28
 PRIME_RGB = (0.35, 0.65, 1.0)  # blue: pixels given to the model
@@ -28,20 +38,14 @@ GEN_RGB = (1.0, 0.55, 0.15)  # orange: pixels the model drew
 
 def load_digits(data: str, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(pixels uint8 (N, 784), labels int64 (N,)) of a split, in shard order."""
-    from data_prep.manifest import shard_paths
-    from data_prep.schema import decode_sample
-    from data_prep.tarshard import iter_tar_samples
-
     xs, ys = [], []
-    for path in shard_paths(data, split):
-        for raw in iter_tar_samples(path):
-            s = decode_sample(raw)
-            if s.kind != "pixels":
-                raise ValueError(f"{path}: sample {s.key!r} is {s.kind}, not MNIST pixels")
-            xs.append(s.data)
-            ys.append(s.label)
-            if limit is not None and len(xs) >= limit:
-                return np.stack(xs), np.asarray(ys, dtype=np.int64)
+    for raw, s in samples(shard_paths(data, split), BadSamplePolicy("stop")):
+        if s.kind != "pixels":
+            raise ValueError(f"{raw['__url__']}: sample {s.key!r} is {s.kind}, not MNIST pixels")
+        xs.append(s.data)
+        ys.append(s.label)
+        if limit is not None and len(xs) >= limit:
+            return np.stack(xs), np.asarray(ys, dtype=np.int64)
     if not xs:
         raise ValueError(f"{data}: split {split!r} holds no digits")
     return np.stack(xs), np.asarray(ys, dtype=np.int64)
@@ -67,15 +71,9 @@ def completion_grid(originals: np.ndarray, completions: np.ndarray, n_prime: int
 
 
 def cmd_complete(a) -> int:
-    from PIL import Image
-
-    from sashimi.generate import generate
-
-    from .checkpoint import load_model
-
-    model, job = load_model(a.checkpoint)
-    if job["data"]["quantization"] != "none":
-        raise ValueError(f"{a.checkpoint}: job quantization {job['data']['quantization']!r}; "
+    model, _, quant, _, _ = load_checkpoint(a.checkpoint)
+    if quant != "none":
+        raise ValueError(f"{a.checkpoint}: job quantization {quant!r}; "
                          "digit completion needs a pixel model (jobs/mnist.yaml, quantization none)")
     if not 0 < a.rows < SIDE:
         raise ValueError(f"--rows {a.rows}: must be in 1..{SIDE - 1}")
@@ -97,35 +95,14 @@ def cmd_complete(a) -> int:
 
 
 # ---- classifier ------------------------------------------------------------------------------
-def load_classifier(path: str):
-    """(S4Classifier in eval mode, job dict) from a `task: classify` checkpoint written by sashimi-train."""
-    from .checkpoint import WrongTaskError, load_model
-
-    try:
-        return load_model(path, task="classify")
-    except (WrongTaskError, OSError):  # these name the file already
-        raise
-    except Exception as e:  # truncated or foreign file, wrong format version, mismatched weights
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise ValueError(f"{path}: not a readable classifier checkpoint ({type(e).__name__}: {first})") from None
-
-
 def cmd_classify_eval(a) -> int:
-    from data_prep.manifest import shard_paths
-
-    from .data import split_batches
-    from .tasks import ClassifyTask, N_LABELS
-
-    model, job = load_classifier(a.checkpoint)
+    model, job, _, _, _ = load_checkpoint(a.checkpoint, task="classify")
     urls = shard_paths(a.data, a.split)
     if not urls:
         raise ValueError(f"{a.data}: split {a.split!r} has no shards")
-    batches = split_batches(urls, batch_size=a.batch, crop=job["data"]["crop"],
-                            quantization=job["data"]["quantization"], on_bad_sample="stop", n_labels=N_LABELS)
-    if not a.quiet:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="eval", unit="batch", file=sys.stderr)
+    batches = split_batches(urls, batch_size=a.batch, crop=job.data.crop, quantization=job.data.quantization,
+                            on_bad_sample="stop", n_labels=N_LABELS)
+    batches = tqdm(batches, desc="eval", unit="batch", file=sys.stderr, disable=a.quiet)
     r = ClassifyTask().evaluate(model, batches, torch.device("cpu"), contextlib.nullcontext)
     if not r["examples"]:
         raise ValueError(f"{a.data}: split {a.split!r} holds no digits")
@@ -163,15 +140,11 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from data_prep.manifest import ManifestError
-
-    from .config import JobConfigError
-
     a = parse_args(argv)
     cmds = {"complete": cmd_complete, "classify-eval": cmd_classify_eval}
     try:
         return cmds[a.cmd](a)
-    except (ValueError, ManifestError, JobConfigError, OSError) as e:
+    except (CheckpointError, ManifestError, BadDataError, ValueError, OSError) as e:
         print(f"mnist_demo {a.cmd}: {e}", file=sys.stderr)
         return 2
 

@@ -6,19 +6,26 @@ classify: sashimi.classifier.S4Classifier, batches (tokens, mask, labels), loss 
           step the accuracy on the whole test split (`finish_classify`).
 
 Everything else (DDP, data streams, checkpoints, resume, TensorBoard, failures) is shared in
-cluster/train_loop.py. Metric names are "val_<x>" in Ray's metrics and "val/<x>" in TensorBoard.
+cluster/trainer.py. Metric names are "val_<x>" in Ray's metrics and "val/<x>" in TensorBoard.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from data_prep.atomicio import atomic_write_text
+from sashimi import SaShiMi, SaShiMiConfig
+from sashimi.classifier import S4Classifier
+from sashimi.metrics import nll_bits, nll_bits_sum, shift_inputs
+from sashimi.quantize import zero_class
+
+from .data import split_batches
+from .rundir import RunDir
+
 N_LABELS = 10  # digits; classify samples must carry a label in 0..N_LABELS-1
-TEST_RESULT_FILE = "test_result.json"  # <storage>/<name>/test_result.json, written after a classify run
 
 
 class GenerateTask:
@@ -28,16 +35,10 @@ class GenerateTask:
     val_keys = ("val_nll_bits",)  # broadcast to every rank, in this order
     plateau_key = "val_nll_bits"  # what the plateau schedule watches (lower is better)
 
-    def build_model(self, model_cfg: dict) -> torch.nn.Module:
-        from sashimi import SaShiMi
-        from sashimi.config import SaShiMiConfig
-
-        return SaShiMi(SaShiMiConfig.from_dict(model_cfg))
+    def build_model(self, config: SaShiMiConfig) -> torch.nn.Module:
+        return SaShiMi(config)
 
     def loss(self, model, batch, autocast) -> torch.Tensor:
-        from sashimi.metrics import nll_bits, shift_inputs
-        from sashimi.quantize import zero_class
-
         tokens, mask = batch
         with autocast():
             logits = model(shift_inputs(tokens, zero_class()))
@@ -46,9 +47,6 @@ class GenerateTask:
     @torch.no_grad()
     def evaluate(self, model, batches, device, autocast) -> dict:
         """Mean val NLL in bits over all valid positions of `batches` (exact pooled average)."""
-        from sashimi.metrics import nll_bits_sum, shift_inputs
-        from sashimi.quantize import zero_class
-
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
@@ -73,11 +71,8 @@ class ClassifyTask:
     val_keys = ("val_loss", "val_accuracy")
     plateau_key = "val_loss"
 
-    def build_model(self, model_cfg: dict) -> torch.nn.Module:
-        from sashimi.classifier import S4Classifier
-        from sashimi.config import SaShiMiConfig
-
-        return S4Classifier(SaShiMiConfig.from_dict(model_cfg), n_labels=N_LABELS)
+    def build_model(self, config: SaShiMiConfig) -> torch.nn.Module:
+        return S4Classifier(config, n_labels=N_LABELS)
 
     def loss(self, model, batch, autocast) -> torch.Tensor:
         tokens, mask, labels = batch
@@ -119,23 +114,23 @@ def tb_tag(key: str) -> str:
     return key.replace("_", "/", 1)
 
 
-def read_test_result(run_dir: str, step: int | None = None) -> dict | None:
+def read_test_result(run_dir: RunDir, step: int | None = None) -> dict | None:
     """The test_result.json a classify run wrote in its (local) run dir, if any (and if for `step`)."""
+    if run_dir.local is None:
+        return None
     try:
-        res = json.loads((Path(run_dir) / TEST_RESULT_FILE).read_text())
+        res = json.loads(Path(run_dir.test_result).read_text())
     except (OSError, ValueError):
         return None
     return res if step is None or res.get("step") == step else None
 
 
-def finish_classify(job, model, urls: list[str], split: str, step: int, device, autocast, writer, run_dir,
-                    log) -> dict:
+def finish_classify(job, model, urls: list[str], split: str, step: int, device, autocast, writer,
+                    run_dir: RunDir, log) -> dict:
     """Rank 0 after the last step of a classify run: accuracy on every example of `split` (the test split,
     or val when the dataset has none), logged to TensorBoard (test/accuracy, test/loss), printed, and
     written to <run_dir>/test_result.json when the run dir is local (the driver prints it from there).
     Returns the test_* metrics."""
-    from .data import split_batches
-
     batches = split_batches(urls, batch_size=job.eval.val_batch_size, crop=job.data.crop,
                             quantization=job.data.quantization, seed=job.seed,
                             on_bad_sample=job.data.on_bad_sample, n_labels=N_LABELS)
@@ -148,11 +143,8 @@ def finish_classify(job, model, urls: list[str], split: str, step: int, device, 
     writer.flush()
     log(f"test accuracy {out['test_accuracy']:.4f} on {out['test_examples']} digits "
         f"(split {split!r}, step {step}, loss {out['test_loss']:.4f} nats)")
-    if run_dir is not None:
+    if run_dir.local is not None:
         result = {"job": job.name, "task": "classify", "step": step, "split": split, "shards": job.data.shards,
                   "examples": out["test_examples"], "accuracy": out["test_accuracy"], "loss_nats": out["test_loss"]}
-        path = Path(run_dir) / TEST_RESULT_FILE
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(run_dir.test_result, json.dumps(result, indent=1) + "\n")
     return out

@@ -6,17 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torchaudio
+from torch.utils.tensorboard import SummaryWriter
+
+from sashimi.generate import generate
+from sashimi.quantize import dequantize
 
 
 class Board:
-    def __init__(self, log_dir: str | Path, purge_step: int | None = None, sample_rate: int | None = None,
-                 quantization: str = "mu-law"):
-        from torch.utils.tensorboard import SummaryWriter
-
+    def __init__(self, log_dir: str | Path, purge_step: int | None, sample_rate: int | None, quantization: str):
+        """`sample_rate`: of the training data (its manifest); None only for pixels (quantization none)."""
+        if quantization != "none" and not sample_rate:
+            raise ValueError(f"TensorBoard in {log_dir}: audio ({quantization}) needs the data's sample rate")
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         # purge_step drops events a crashed attempt wrote after the checkpoint we resumed from
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step or None)
-        self.sample_rate = sample_rate or 16000
+        self.sample_rate = sample_rate
         self.quantization = quantization
 
     def scalars(self, values: dict, step: int) -> None:
@@ -29,8 +34,6 @@ class Board:
     @torch.no_grad()
     def generated(self, model, n_samples: int, step: int, seed: int) -> torch.Tensor:
         """Sample `n_samples` tokens; log audio + spectrogram (or a digit image for pixels)."""
-        from sashimi.generate import generate
-
         was_training = model.training
         model.eval()
         tokens = generate(model, n_samples, batch=1, seed=seed)[0].cpu()
@@ -53,15 +56,11 @@ class Board:
 
 
 def decode_tokens(tokens: torch.Tensor, quantization: str) -> torch.Tensor:
-    from sashimi.quantize import dequantize
-
     return dequantize(tokens, quantization).clamp(-1, 1)
 
 
 def spectrogram_image(wave: torch.Tensor, n_fft: int = 256) -> torch.Tensor:
     """Log-power spectrogram scaled to [0, 1], low frequencies at the bottom (HW)."""
-    import torchaudio
-
     while n_fft > 16 and n_fft >= wave.shape[-1]:  # short clips: reflect padding needs n_fft/2 < length
         n_fft //= 2
     spec = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=n_fft // 4)(wave.float())

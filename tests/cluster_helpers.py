@@ -1,18 +1,27 @@
-"""Shared helpers for the cluster tests (kept out of conftest.py, which belongs to the whole project)."""
+"""Shared helpers for the cluster tests (kept out of conftest.py, which belongs to the whole project):
+demo shards, tiny jobs, tiny checkpoints written with the trainer's own writer (no Ray), MNIST IDX sets."""
 from __future__ import annotations
 
+import gzip
+import struct
 from pathlib import Path
 
+import numpy as np
+import torch
 import yaml
 
+from cluster.checkpoint import capture_rng, make_payload, save_checkpoint_dir
+from cluster.config import job_from_dict
+from data_prep.demo import make_demo_corpus
+from data_prep.shard import shard_folder
+from sashimi import SaShiMi
+
 REPO = Path(__file__).resolve().parent.parent
+TINY = dict(d_model=8, n_layers=1, d_state=8, pool=[4, 4], expand=2, ff=2, l_max=256)
 
 
 def make_demo_shards(root: Path, minutes: float = 0.3) -> Path:
     """A tiny real corpus: demo audio -> data_prep sharding (1 s clips). Returns the shard dir."""
-    from data_prep.demo import make_demo_corpus
-    from data_prep.shard import shard_folder
-
     src, out = root / "src", root / "shards"
     make_demo_corpus(src, minutes=minutes, seed=0)
     shard_folder(src, out, "generic", sample_rate=16000, clip_seconds=1.0, seed=0, progress=False,
@@ -45,6 +54,54 @@ def tiny_job(shards: Path, storage: Path, name: str = "t", **sections) -> dict:
     return job
 
 
+def assert_same_training_state(a: dict, b: dict, atol: float = 1e-6) -> None:
+    """Two checkpoint payloads hold the same weights, optimiser moments and schedule: what exact resume
+    promises (same ops in the same order; only thread-level float noise allowed)."""
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=atol, msg=k)
+    for pid, st in a["optimizer"]["state"].items():
+        for m in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(st[m], b["optimizer"]["state"][pid][m], rtol=0, atol=atol)
+    assert a["scheduler"] == b["scheduler"]
+
+
 def write_job(path: Path, job: dict) -> Path:
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path
+
+
+def make_checkpoint(path: Path, *, quantization: str = "mu-law", shards: str = "/nonexistent-shards",
+                    seed: int = 0, model: dict | None = None, name: str = "t",
+                    sample_rate: int | None = 16000) -> tuple[Path, SaShiMi, dict]:
+    """A checkpoint directory for a freshly initialised tiny model and a valid job dict."""
+    torch.manual_seed(seed)
+    job = job_from_dict({"name": name, "data": {"shards": shards, "quantization": quantization, "crop": 256},
+                         "model": dict(model or TINY)}, "<test>")
+    net = SaShiMi(job.model).eval()
+    state = make_payload(model_state=net.state_dict(), optimizer_state={}, scheduler_state={}, step=7,
+                         data_seed=0, world_size=1, job=job.to_dict(), rng={"per_rank": [capture_rng()]},
+                         sample_rate=sample_rate)
+    save_checkpoint_dir(path, state)
+    return path, net, job.to_dict()
+
+
+def _idx(arr: np.ndarray) -> bytes:
+    return struct.pack(">BBBB", 0, 0, 8, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.tobytes()
+
+
+def write_mnist_idx(d: Path, n_train: int = 40, n_test: int = 12, seed: int = 0) -> dict:
+    """Digit-like IDX files: class c draws a column band at column 2c+4 in grey level 100+15c
+    (so a tiny classifier learns it in a few dozen steps)."""
+    rng = np.random.default_rng(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    sets = {}
+    for part, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 30, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(y):
+            x[i, :, 2 * c + 4: 2 * c + 7] = 100 + 15 * c
+        for what, arr in (("images", x), ("labels", y)):
+            (d / f"{part}-{what}-idx{arr.ndim}-ubyte.gz").write_bytes(gzip.compress(_idx(arr)))
+        sets[part] = (x, y)
+    return sets

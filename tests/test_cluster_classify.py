@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from cluster import checkpoint as ck
-from cluster.config import JobConfigError
+from cluster.config import JobConfigError, job_from_dict
 from cluster.data import train_loader, val_batches
 from cluster.jobs import load_job
-from cluster_helpers import REPO, write_job
+from cluster.tasks import TASKS
+from cluster_helpers import REPO, make_checkpoint, write_job, write_mnist_idx
 from data_prep.cli import main as prep_main
 from data_prep.manifest import shard_paths
-from test_gen_eval_helpers import make_checkpoint, write_mnist_idx
 
 N_TRAIN, N_TEST, N_VAL = 200, 50, 40
 TINY = {"d_model": 16, "n_layers": 1, "d_state": 8, "kernel": "s4d", "ff": 0, "l_max": 784}
@@ -53,13 +53,11 @@ def classify_job(shards: Path, storage: Path, name: str = "cls", **sections) -> 
 
 def _classifier_checkpoint(path: Path, shards: Path) -> Path:
     """A task-classify checkpoint written with the trainer's own writer (fresh weights, no Ray)."""
-    from cluster.config import job_from_dict
-    from cluster.tasks import TASKS
-
-    job = job_from_dict(classify_job(shards, path.parent), "<test>").to_dict()
-    net = TASKS["classify"].build_model(job["model"])
-    save = ck.make_state(model_state=net.state_dict(), optimizer_state={}, scheduler_state={}, step=3,
-                         data_seed=0, world_size=1, job=job)
+    job = job_from_dict(classify_job(shards, path.parent), "<test>")
+    net = TASKS["classify"].build_model(job.model)
+    save = ck.make_payload(model_state=net.state_dict(), optimizer_state={}, scheduler_state={}, step=3,
+                           data_seed=0, world_size=1, job=job.to_dict(), rng={"per_rank": [ck.capture_rng()]},
+                           sample_rate=None)
     ck.save_checkpoint_dir(path, save)
     return path
 
@@ -69,7 +67,7 @@ def _classifier_checkpoint(path: Path, shards: Path) -> Path:
 def test_shipped_classify_job(no_ray):
     job = load_job(REPO / "jobs" / "smnist-classify.yaml")
     assert job.task == "classify" and job.data.quantization == "none" and job.data.crop is None
-    assert job.model["l_max"] == 784 and job.eval.generate_samples == 0
+    assert job.model.l_max == 784 and job.eval.generate_samples == 0
     assert job.scaling.num_workers * job.training.batch_per_worker == 50
 
 
@@ -92,7 +90,7 @@ def test_sashimi_train_takes_classify_jobs_and_checks_data_first(tmp_path, capsy
 
 
 def test_test_split_falls_back_to_val(mnist, tmp_path):
-    from cluster.launch import test_split_of
+    from cluster.prepare import test_split_of
 
     shards, _ = mnist
     job = load_job(write_job(tmp_path / "j.yaml", classify_job(shards, tmp_path)))
@@ -139,7 +137,7 @@ def test_val_batches_with_labels_in_shard_order(mnist):
 
 
 def test_label_out_of_range_is_a_bad_sample(mnist):
-    from cluster.data import BadDataError
+    from data_prep.reader import BadDataError
 
     shards, _ = mnist
     urls = shard_paths(shards, "test")
@@ -165,11 +163,11 @@ def test_generative_tools_refuse_a_classifier_checkpoint(mnist, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(ckpt) in err and "'classify'" in err
     with pytest.raises(ck.WrongTaskError, match="ck"):
-        ck.load_model(ckpt)
+        ck.load_checkpoint(ckpt)
 
 
 def test_classify_eval_scores_a_checkpoint_and_refuses_others(mnist, tmp_path, capsys):
-    from cluster.mnist_demo import load_classifier, main
+    from cluster.mnist_demo import main
 
     shards, sets = mnist
     ckpt = _classifier_checkpoint(tmp_path / "ck", shards)
@@ -177,7 +175,7 @@ def test_classify_eval_scores_a_checkpoint_and_refuses_others(mnist, tmp_path, c
     assert main(["classify-eval", str(ckpt), "--data", str(shards), "--batch", "16", "--out", str(out),
                  "--quiet"]) == 0
     res = json.loads(out.read_text())
-    model, _ = load_classifier(str(ckpt))
+    model = ck.load_checkpoint(ckpt, task="classify").model
     x, y = sets["t10k"]
     with torch.no_grad():
         pred = model(torch.from_numpy(x.reshape(-1, 784).astype(np.int64))).argmax(-1).numpy()
@@ -242,7 +240,8 @@ def test_two_worker_classify_resume_is_exact(mnist, tmp_path):
     """2-worker DDP: 6 steps straight == 4 steps, then resumed to 6 (same data, RNG, optimiser)."""
     import ray
 
-    from cluster.launch import local_ray_init_kwargs, run
+    from cluster.connect import local_ray_init_kwargs
+    from cluster.launch import run
 
     shards, _ = mnist
     sections = {"scaling": {"num_workers": 2}, "training": {"max_steps": 6, "batch_per_worker": 4},

@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import cli, launch
+from cluster import cli
 from cluster.config import JobConfigError
-from cluster.jobs import apply_overrides, load_job, shard_lists
+from cluster.jobs import apply_overrides, load_job
+from cluster.prepare import prepare, shard_lists
+from sashimi.config import SaShiMiConfig
 from cluster_helpers import REPO, tiny_job, write_job
 
 
@@ -17,9 +19,7 @@ from cluster_helpers import REPO, tiny_job, write_job
 @pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "jobs").glob("*.yaml") if p.name != "runtime_env.yaml"))
 def test_shipped_jobs_validate(path):
     job = load_job(REPO / "jobs" / path)
-    from sashimi.config import SaShiMiConfig
-
-    SaShiMiConfig.from_dict(job.model)
+    assert isinstance(job.model, SaShiMiConfig)
     assert job.name == path.removesuffix(".yaml")
 
 
@@ -27,9 +27,9 @@ def test_paper_configs_match_the_paper():
     for name, lr, crop, quant in [("youtube-mix-8l", 4e-3, 128000, "mu-law"), ("beethoven-8l", 4e-3, 128000, "linear"),
                                   ("sc09-8l", 1e-3, 16000, "mu-law")]:
         job = load_job(REPO / "jobs" / f"{name}.yaml")
-        assert job.model.pop("l_max") == crop  # defaulted from data.crop: the DPLR kernel length
-        assert job.model == {"d_model": 64, "n_layers": 8, "pool": [4, 4], "expand": 2, "ff": 2, "d_state": 64,
-                             "dropout": 0.0, "kernel": "dplr"}
+        assert job.model.l_max == crop  # defaulted from data.crop: the DPLR kernel length
+        assert job.model == SaShiMiConfig(d_model=64, n_layers=8, pool=(4, 4), expand=2, ff=2, d_state=64,
+                                          dropout=0.0, kernel="dplr", l_max=crop)
         assert (job.optim.lr, job.optim.weight_decay, job.optim.ssm_lr) == (lr, 0.0, 1e-3)
         assert (job.schedule.kind, job.schedule.factor) == ("plateau", 0.2)
         assert (job.data.crop, job.data.quantization) == (crop, quant)
@@ -50,7 +50,7 @@ def test_overrides_parse_values_as_yaml(tmp_path):
     job = load_job(path, ["training.max_steps=200", "scaling.num_workers=2", "training.clip_norm=null",
                           "model.pool=[2, 2]", "data.quantization=linear", "optim.lr=1e-3"])
     assert job.training.max_steps == 200 and job.scaling.num_workers == 2
-    assert job.training.clip_norm is None and job.model["pool"] == [2, 2]
+    assert job.training.clip_norm is None and job.model.pool == (2, 2)
     assert job.data.quantization == "linear" and job.optim.lr == pytest.approx(1e-3)
 
 
@@ -114,7 +114,7 @@ def test_missing_shard_dir_fails_before_ray(tmp_path, no_ray, capsys):
     path = write_job(tmp_path / "j.yaml", tiny_job(tmp_path / "does-not-exist", tmp_path / "runs"))
     job = load_job(path)  # schema is fine; the data check happens in prepare(), still before Ray
     with pytest.raises(JobConfigError, match=r"data\.shards.*does-not-exist"):
-        launch.prepare(job, str(path))
+        prepare(job, str(path))
     assert cli.main([str(path)]) == 2
     assert "data.shards" in capsys.readouterr().err
 

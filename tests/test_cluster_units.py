@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cluster import checkpoint as ck
-from cluster.data import mix_seed, tokens_from_sample, train_loader, val_batches
+from cluster.data import tokens_from_sample, train_loader, val_batches
 from cluster.schedule import LRSchedule
+from cluster.seeds import mix_seed
 from cluster_helpers import make_demo_shards
 from data_prep.manifest import shard_paths
 from data_prep.schema import Sample
@@ -103,14 +104,15 @@ def test_checkpoint_roundtrip_weights_only(tmp_path):
     opt.step()
     sched = LRSchedule(opt, "plateau", 100)
     job = {"name": "x", "model": {"d_model": 4}, "data": {"quantization": "mu-law"}}
-    state = ck.make_state(model_state=model.state_dict(), optimizer_state=opt.state_dict(),
-                          scheduler_state=sched.state_dict(), step=7, data_seed=3, world_size=1, job=job,
-                          metrics={"val_nll_bits": 1.5})
-    state["rng"]["per_rank"] = [ck.capture_rng()]
+    state = ck.make_payload(model_state=model.state_dict(), optimizer_state=opt.state_dict(),
+                            scheduler_state=sched.state_dict(), step=7, data_seed=3, world_size=1, job=job,
+                            rng={"per_rank": [ck.capture_rng()]}, sample_rate=16000,
+                            metrics={"val_nll_bits": 1.5})
     path = ck.save_checkpoint_dir(tmp_path, state)
     assert [p.name for p in tmp_path.iterdir()] == [ck.STATE_FILE]  # no temp file left behind
     back = ck.load_state(tmp_path)  # uses weights_only=True
     assert back["step"] == 7 and ck.job_of(back) == job and back["data"]["seed"] == 3
+    assert back["sample_rate"] == 16000 and back["format_version"] == ck.FORMAT_VERSION
     assert torch.equal(back["model"]["weight"], model.weight.detach())
     opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
     opt2.load_state_dict(back["optimizer"])

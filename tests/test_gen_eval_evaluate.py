@@ -16,7 +16,7 @@ from data_prep.shard import shard_folder
 from data_prep.tarshard import iter_tar_samples
 from sashimi.metrics import shift_inputs
 from sashimi.quantize import quantize
-from test_gen_eval_helpers import make_checkpoint
+from cluster_helpers import make_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from PIL import Image
 from cluster.generate_cli import main
 from sashimi.metrics import shift_inputs
 from sashimi.quantize import linear_decode, mu_law_decode, mu_law_encode
-from test_gen_eval_helpers import make_checkpoint
+from cluster_helpers import make_checkpoint
 
 
 def _run(tmp_path, ckpt, *args):
@@ -94,19 +94,14 @@ def test_linear_checkpoint_decodes_linearly(tmp_path):
     assert np.abs(wav - mu_law_decode(tok).numpy()).max() > 0.05  # not the official generator's mu-law
 
 
-def test_sample_rate_from_job_manifest(tmp_path):
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    (shards / "manifest.json").write_text(json.dumps({
-        "schema_version": 1, "kind": "audio", "preset": "generic", "params": {}, "sample_rate": 2000,
-        "clip_samples": 2000, "splits": {}, "sources": {}}))
-    ckpt, _, _ = make_checkpoint(tmp_path / "ck", shards=str(shards))
+def test_sample_rate_from_checkpoint(tmp_path):
+    """The rate stored at training time is used, whether or not the dataset is still there."""
+    ckpt, _, _ = make_checkpoint(tmp_path / "ck", sample_rate=2000)  # its shards do not exist
     out, rep = _run(tmp_path, ckpt, "--seconds", "0.02", "--seed", "0")
-    assert rep["sample_rate"] == 2000 and rep["generated_samples"] == 40
+    assert rep["sample_rate"] == 2000 and rep["generated_samples"] == 40 and rep["sample_rate_from"] == "checkpoint"
     assert sf.info(str(out / "sample_000.wav")).samplerate == 2000
-    ckpt2, _, _ = make_checkpoint(tmp_path / "ck2")  # shards gone: the documented default
-    _, rep = _run(tmp_path, ckpt2, "--seconds", "0.001", "--seed", "0")
-    assert rep["sample_rate"] == 16000 and rep["sample_rate_from"] == "default"
+    _, rep = _run(tmp_path, ckpt, "--seconds", "0.01", "--seed", "0", "--sample-rate", "1000")
+    assert rep["sample_rate"] == 1000 and rep["generated_samples"] == 10 and rep["sample_rate_from"] == "--sample-rate"
 
 
 def test_errors_name_the_file(tmp_path, capsys):

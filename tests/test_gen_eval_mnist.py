@@ -10,7 +10,7 @@ from PIL import Image
 from cluster.mnist_demo import GEN_RGB, PRIME_RGB, completion_grid, load_digits, main
 from data_prep.cli import main as prep_main
 from sashimi.metrics import shift_inputs
-from test_gen_eval_helpers import make_checkpoint, write_mnist_idx
+from cluster_helpers import make_checkpoint, write_mnist_idx
 
 PIXEL_MODEL = dict(d_model=8, n_layers=1, d_state=8, pool=[4, 4], expand=2, ff=2, l_max=784)
 

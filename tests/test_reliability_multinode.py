@@ -14,7 +14,7 @@ import pytest
 from cluster import checkpoint as ck
 from cluster.jobs import load_job
 from cluster.launch import run
-from cluster.train_loop import TEST_FAULTS_ENV
+from cluster.faults import FAULTS_ENV as TEST_FAULTS_ENV
 from cluster_helpers import make_demo_shards, tiny_job, write_job
 
 pytestmark = pytest.mark.slow

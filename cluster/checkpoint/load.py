@@ -1,0 +1,50 @@
+"""`load_checkpoint(path)`: what every tool that uses a trained model starts with (sashimi-generate,
+sashimi-eval, the MNIST demos, sashimi-train's closing WAV). Everything comes from the checkpoint: the
+model rebuilt from its stored config, the job, the quantisation and the sample rate of its data. Every
+failure is one CheckpointError whose message names the file."""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+
+from ..config import JobConfig, JobConfigError, job_from_dict
+from ..tasks import TASKS
+from .format import CheckpointError, WrongTaskError, job_of, task_name
+from .store import state_file, validate_checkpoint
+
+CLASSIFY_HINT = "score it with `python -m cluster.mnist_demo classify-eval CHECKPOINT --data SHARDS`"
+
+
+class LoadedCheckpoint(NamedTuple):
+    model: torch.nn.Module  # in eval mode, on the CPU (or map_location)
+    job: JobConfig
+    quantization: str  # "mu-law", "linear" or "none" (tokens are the values: pixels)
+    sample_rate: int | None  # of the training data; None for pixel datasets
+    step: int
+
+
+def load_checkpoint(path: str | os.PathLike, task: str = "generate", map_location="cpu") -> LoadedCheckpoint:
+    """The checkpoint at `path` (its directory or state.pt), for a tool that uses `task`'s model
+    (SaShiMi for "generate", S4Classifier for "classify"). Raises CheckpointError naming the file:
+    missing, torn, another format version, the other task, weights that do not fit the stored config."""
+    file = state_file(path)
+    state = validate_checkpoint(path, map_location)
+    stored = job_of(state)
+    if task_name(stored) != task:
+        hint = CLASSIFY_HINT if task_name(stored) == "classify" else "it holds a SaShiMi generative model"
+        raise WrongTaskError(f"{path}: a task {task_name(stored)!r} checkpoint (job {stored.get('name')!r}), "
+                             f"not a {task!r} one; {hint}")
+    try:
+        job = job_from_dict(stored, str(file))
+    except JobConfigError as e:
+        raise CheckpointError(f"{file}: its stored job is not valid here: {e}") from None
+    model = TASKS[task].build_model(job.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"{file}: weights do not fit the stored model config ({first})") from None
+    return LoadedCheckpoint(model.eval(), job, job.data.quantization, state["sample_rate"], state["step"])
+

@@ -1,0 +1,303 @@
+"""The training loop, free of Ray: `Trainer(job, runtime, data).run()` on every rank.
+
+`Runtime` is what the trainer needs from whatever runs it: rank, world size, device, a `report` callable
+and the checkpoint it offers to resume from. cluster/worker.py builds one from Ray Train; cluster/local.py
+one for a single process without Ray. What depends on the job's task (model, loss, validation metrics,
+a classifier's final test) lives in cluster/tasks.py; checkpoint policy in cluster/checkpoint/manager.py.
+
+Collective discipline (a mismatch deadlocks DDP): every rank runs the same number of steps (fixed-size
+segments between checkpoints), reports at the same steps (checkpoint steps) and joins the same
+collectives: the non-finite vote every step, the val broadcast at evaluation steps, the RNG gather at
+checkpoint steps. Validation, generation and the classifier's final test run on rank 0 only, on the
+unwrapped module.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import yaml
+
+from sashimi.optim import make_optimizer
+
+from .checkpoint import CheckpointManager
+from .config import JobConfig
+from .data import train_loader, val_batches
+from .dist import any_rank, broadcast_from_rank0
+from .faults import NoFaults
+from .meter import StepMeter, memory_metrics
+from .rundir import RunDir
+from .schedule import LRSchedule
+from .seeds import mix_seed, seed_all
+from .tasks import finish_classify, task_of, tb_tag
+from .tboard import Board
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive steps with NaN/Inf loss or gradients."""
+
+
+def say(msg: str) -> None:
+    """Progress line to stdout (Ray forwards a worker's to the driver and job logs). Not print():
+    Ray Train V2 patches print to tee into its logger as well, which shows every line twice."""
+    sys.stdout.write(f"[sashimi] {msg}\n")
+    sys.stdout.flush()
+
+
+@dataclass
+class Runtime:
+    """What runs the trainer provides. `report(metrics, checkpoint_dir)` is called by every rank at every
+    checkpoint step (a barrier under Ray); rank 0 passes the directory to persist, named like the
+    checkpoint, the others None."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    report: Callable[[dict, Path | None], None]
+    latest_checkpoint: Path | None = None  # what the runtime offers to resume from (may be stale or torn)
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m  # device placement, DDP
+    log: Callable[[str], None] = say
+
+
+@dataclass
+class TrainData:
+    """The shard lists and facts the driver read from the dataset's manifest."""
+
+    train: list[str]
+    val: list[str]
+    sample_rate: int | None  # stored in every checkpoint; None for pixel datasets
+    test: list[str] = field(default_factory=list)  # classify: scored after the last step
+    test_split: str | None = None
+
+    @classmethod
+    def from_worker_config(cls, cfg: dict) -> "TrainData":
+        shards = cfg["shards"]
+        return cls(shards["train"], shards["val"], cfg.get("sample_rate"), shards.get("test", []),
+                   cfg.get("test_split"))
+
+
+def nonfinite_step(loss_sum: float, grad_norm: float, device: torch.device, world: int) -> bool:
+    """Whether this step must be skipped: any rank saw a NaN/Inf loss or gradient norm. Voted across
+    ranks, so every rank takes the same decision (a rank that stepped alone would diverge)."""
+    return any_rank(not (math.isfinite(loss_sum) and math.isfinite(grad_norm)), device, world)
+
+
+class Trainer:
+    def __init__(self, job: JobConfig, runtime: Runtime, data: TrainData, faults: NoFaults | None = None):
+        self.job, self.rt, self.data = job, runtime, data
+        self.faults = faults or NoFaults()
+        self.task = task_of(job)
+        self.rank, self.world, self.device = runtime.rank, runtime.world_size, runtime.device
+        self.say0 = runtime.log if self.rank == 0 else (lambda msg: None)
+        self.run_dir = RunDir.of(job.checkpoint.storage, job.name)
+        torch.set_num_threads(job.scaling.torch_threads or max(1, int(job.scaling.resources_per_worker.get("CPU", 1))))
+        self.autocast = self._autocast()
+        seed_all(job.seed)  # same init on every rank (DDP also broadcasts rank 0's parameters)
+        self.raw_model = self.task.build_model(job.model)
+        self.model = runtime.prepare_model(self.raw_model)
+        self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.raw_model, lr=job.optim.lr, weight_decay=job.optim.weight_decay,
+                                        ssm_lr=job.optim.ssm_lr)
+        s = job.schedule
+        self.sched = LRSchedule(self.optimizer, s.kind, job.training.max_steps, s.warmup_steps, s.factor, s.patience,
+                                s.threshold, s.min_lr_scale)
+        self.ckpt = CheckpointManager(job, self.run_dir.local, self.rank, self.world, data.sample_rate, self.say0)
+        t = job.training
+        self.meter = StepMeter(t.batch_per_worker * t.grad_accum * self.world)
+        self.clip = t.clip_norm if t.clip_norm is not None else float("inf")
+        self.step, self.resumed_from = 0, -1
+        self.nonfinite_total, self.nonfinite_run = 0, 0  # the run count is equal on every rank (voted)
+        self.board: Board | None = None  # rank 0
+        self.val: list | None = None  # rank 0: the fixed validation batches, read once
+
+    def _autocast(self):
+        bf16 = self.job.training.precision == "bf16"
+        if bf16 and self.device.type != "cuda":
+            self.say0("precision bf16 requested without a GPU: training in fp32")
+        if bf16 and self.device.type == "cuda":
+            return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self) -> None:
+        self.resume()
+        if self.rank == 0:
+            self.board = self._open_board()
+        self.model.train()
+        while self.step < self.job.training.max_steps:
+            self._run_segment()
+        self.finish()
+
+    def _run_segment(self) -> None:
+        """The steps up to the next checkpoint boundary, on a data stream seeded by (seed, rank, step)."""
+        every, max_steps = self.job.checkpoint.every, self.job.training.max_steps
+        end = min((self.step // every + 1) * every, max_steps)
+        batches = iter(self._loader(end - self.step))
+        while self.step < end:
+            grad_norm = self.train_step(batches)
+            self.maybe_log(grad_norm)
+            metrics = self._metrics()
+            self.maybe_evaluate(metrics)
+            self.maybe_checkpoint(metrics)
+
+    def resume(self) -> None:
+        """Weights, optimiser, schedule, step and RNG from the newest valid checkpoint, if any."""
+        state = self.ckpt.resume_state(self.rt.latest_checkpoint)
+        if state is not None:
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.step = self.resumed_from = state["step"]
+            self.nonfinite_total = int(state["nonfinite_steps"])
+        self.ckpt.restore_rng(state, self.step)
+
+    def train_step(self, batches: Iterator) -> float:
+        """One optimiser step over grad_accum micro-batches (skipped on every rank if any saw NaN/Inf);
+        returns the gradient norm."""
+        t0 = time.perf_counter()
+        self.sched.apply(self.step)
+        accum = self.job.training.grad_accum
+        data_wait, loss_sum = 0.0, 0.0
+        for micro in range(accum):
+            td = time.perf_counter()
+            batch = tuple(t.to(self.device, non_blocking=True) for t in next(batches))
+            data_wait += time.perf_counter() - td
+            with self._grad_sync(last=micro == accum - 1):
+                loss = self.faults.poison(self.task.loss(self.model, batch, self.autocast), self.step + 1, self.rank)
+                (loss / accum).backward()
+            loss_sum += float(loss.detach())
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
+        skipped = nonfinite_step(loss_sum, grad_norm, self.device, self.world)
+        if skipped:
+            self._count_skipped(loss_sum / accum, grad_norm)
+        else:
+            self.optimizer.step()
+            self.nonfinite_run = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        self.faults.after_step(self.step + 1, self.rank)
+        self.step += 1
+        if self.meter.add(time.perf_counter() - t0, data_wait, loss_sum / accum, skipped):
+            self.say0(f"first step done at unix time {self.meter.first_step_unix:.3f}")
+        return grad_norm
+
+    def _grad_sync(self, last: bool):
+        """DDP all-reduces gradients only on the last micro-batch of an accumulated step."""
+        return contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+
+    def _count_skipped(self, loss: float, grad_norm: float) -> None:
+        self.nonfinite_total += 1
+        self.nonfinite_run += 1
+        self.say0(f"step {self.step + 1}: non-finite loss {loss} / grad norm {grad_norm}: optimiser step skipped "
+                  f"({self.nonfinite_run} in a row, {self.nonfinite_total} in total)")
+        limit = self.job.training.max_nonfinite_steps
+        if self.nonfinite_run >= limit:
+            raise NonFiniteTrainingError(
+                f"job {self.job.name!r}: {self.nonfinite_run} consecutive steps (up to step {self.step + 1}) had "
+                f"non-finite loss or gradients (training.max_nonfinite_steps={limit}); stopping. Lower optim.lr, "
+                f"set training.clip_norm, or check the data. The last good checkpoint is kept in {self.run_dir.root}")
+
+    def _due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.job.training.max_steps
+
+    def maybe_log(self, grad_norm: float) -> None:
+        """Rank 0: train scalars to TensorBoard and a progress line, every logging.every steps."""
+        if self.rank != 0 or not self._due(self.job.logging.every):
+            return
+        w = self.meter.take_window()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.board.scalars({self.task.loss_tag: w["loss"], "train/lr": lr, "train/grad_norm": grad_norm,
+                            "train/nonfinite_steps": self.nonfinite_total, "perf/samples_per_s": w["samples_per_s"],
+                            "perf/step_time_s": w["step_time_s"], "perf/data_wait_s": w["data_wait_s"],
+                            **memory_metrics(self.device)}, self.step)
+        self.say0(f"step {self.step}/{self.job.training.max_steps} loss {w['loss']:.4f} {self.task.loss_unit} "
+                  f"lr {lr:.2e} gnorm {grad_norm:.3f} {w['samples_per_s']:.1f} samples/s "
+                  f"data wait {1000 * w['data_wait_s']:.1f} ms/step")
+
+    def _metrics(self) -> dict:
+        """What is reported (Ray keeps rank 0's): progress, resume facts, throughput of this attempt."""
+        return {"step": self.step, "resumed_from": self.resumed_from, "nonfinite_steps": self.nonfinite_total,
+                "resume_skipped_invalid": self.ckpt.skipped_invalid, **self.meter.attempt_metrics()}
+
+    def maybe_evaluate(self, metrics: dict) -> None:
+        """At evaluation steps: rank 0 validates, every rank receives the numbers (the plateau schedule
+        must step identically everywhere)."""
+        if not self.job.eval.val_batches or not self._due(self.job.eval.every):
+            return
+        keys = self.task.val_keys
+        values = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
+        if self.rank == 0:
+            values.copy_(self._validate())
+        broadcast_from_rank0(values, self.world)
+        metrics.update({k: float(v) for k, v in zip(keys, values.tolist())})
+        if self.sched.observe(metrics[self.task.plateau_key]):
+            self.say0(f"{self.task.plateau_key} plateaued: lr scale now {self.sched.plateau_scale:g}")
+
+    def _validate(self) -> torch.Tensor:
+        """Rank 0: the task's val metrics on the fixed val batches (+ a generated clip), outside the
+        training RNG streams."""
+        j = self.job
+        if self.val is None:
+            self.val = val_batches(self.data.val, n_batches=j.eval.val_batches, batch_size=j.eval.val_batch_size,
+                                   crop=j.data.crop, quantization=j.data.quantization, seed=j.seed,
+                                   on_bad_sample=j.data.on_bad_sample, n_labels=self.task.n_labels)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            res = self.task.evaluate(self.raw_model, self.val, self.device, self.autocast)
+            self.board.scalars({tb_tag(k): res[k] for k in self.task.val_keys}, self.step)
+            self.say0(f"step {self.step} {self.task.val_line(res)}")
+            if j.eval.generate_samples and self.task.name == "generate":
+                self.board.generated(self.raw_model, j.eval.generate_samples, self.step, seed=mix_seed(j.seed, self.step))
+        return torch.tensor([res[k] for k in self.task.val_keys], dtype=torch.float64)
+
+    def maybe_checkpoint(self, metrics: dict) -> None:
+        """At checkpoint steps: every rank votes on finite weights and hands in its RNG; rank 0 writes
+        the checkpoint and reports it, the others report without one."""
+        if not self.ckpt.due(self.step):
+            return
+        self.ckpt.refuse_nonfinite(self.raw_model.state_dict(), self.step)
+        rng_per_rank = self.ckpt.gather_rng()
+        if self.rank != 0:
+            self.rt.report(metrics, None)
+            return
+        val = {k: v for k, v in metrics.items() if k in self.task.val_keys}
+        with tempfile.TemporaryDirectory() as tmp:
+            written = self.ckpt.write(Path(tmp), model=self.raw_model, optimizer=self.optimizer,
+                                      scheduler=self.sched, step=self.step, metrics=val,
+                                      nonfinite_steps=self.nonfinite_total, rng_per_rank=rng_per_rank)
+            self.rt.report(metrics, written)
+        self.board.flush()
+        local = self.run_dir.local
+        self.faults.after_checkpoint(self.step, self.rank, None if local is None else local / written.name)
+
+    def finish(self) -> None:
+        """After the last step (also when a finished run is re-run): a classify run's test accuracy on
+        rank 0. No collective follows, so the other ranks simply finish."""
+        if self.task.name == "classify" and self.rank == 0:
+            finish_classify(self.job, self.raw_model, self.data.test, self.data.test_split, self.step, self.device,
+                            self.autocast, self.board, self.run_dir, self.say0)
+        if self.board is not None:
+            self.board.close()
+
+    # ---------------------------------------------------------------- setup helpers
+
+    def _loader(self, n_steps: int):
+        j = self.job
+        return train_loader(self.data.train, seed=j.seed, rank=self.rank, start_step=self.step,
+                            n_batches=n_steps * j.training.grad_accum, batch_size=j.training.batch_per_worker,
+                            crop=j.data.crop, quantization=j.data.quantization, shuffle_buffer=j.data.shuffle_buffer,
+                            loader_workers=j.data.loader_workers, on_bad_sample=j.data.on_bad_sample,
+                            n_labels=self.task.n_labels)
+
+    def _open_board(self) -> Board:
+        board = Board(self.run_dir.tensorboard, purge_step=self.step, sample_rate=self.data.sample_rate,
+                      quantization=self.job.data.quantization)
+        if self.step == 0:
+            board.text("job", "```\n" + yaml.safe_dump(self.job.to_dict(), sort_keys=False) + "\n```", 0)
+        return board

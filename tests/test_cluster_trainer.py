@@ -1,0 +1,212 @@
+"""The training loop without Ray (cluster.local, and two ranks over torch.distributed): exact resume,
+injected faults through the hook object, non-finite steps, checkpoint policy. The Ray runs of the same
+scenarios are in test_cluster_ray.py / test_reliability_ray.py (slow)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from cluster import checkpoint as ck
+from cluster.checkpoint.manager import CheckpointManager
+from cluster.config import job_from_dict
+from cluster.faults import FAULTS_ENV, FaultPlan, NoFaults
+from cluster.jobs import load_job
+from cluster.local import run_local
+from cluster.prepare import prepare
+from cluster.rundir import RunDir
+from cluster.trainer import NonFiniteTrainingError, Runtime, TrainData, Trainer
+from cluster_helpers import assert_same_training_state, make_demo_shards, tiny_job, write_job
+from data_prep.manifest import load_manifest
+
+STEPS = {"training": {"max_steps": 6}, "checkpoint": {"every": 2, "keep": 10},
+         "schedule": {"kind": "plateau", "warmup_steps": 3, "patience": 0},
+         "eval": {"every": 2, "val_batches": 1, "val_batch_size": 2, "generate_samples": 0}}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_demo_shards(tmp_path_factory.mktemp("demo"))
+
+
+def _job(tmp_path, shards, name, overrides=(), **sections):
+    merged = {k: dict(v) for k, v in STEPS.items()}
+    for k, v in sections.items():
+        merged[k] = {**merged.get(k, {}), **v}
+    path = write_job(tmp_path / f"{name}.yaml", tiny_job(shards, tmp_path / "runs", name, **merged))
+    return load_job(path, list(overrides)), str(path)
+
+
+def _run(tmp_path, shards, name, overrides=(), faults=None, **sections):
+    job, where = _job(tmp_path, shards, name, overrides, **sections)
+    return run_local(job, where, faults=faults, log=lambda *a: None)
+
+
+def _latest(tmp_path, name):
+    return ck.validate_checkpoint(ck.latest_checkpoint(tmp_path / "runs" / name))
+
+
+def _assert_same(a, b):
+    assert a["step"] == b["step"]
+    assert_same_training_state(a, b)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, shards):
+    """The uninterrupted 6-step run every faulted run must reproduce."""
+    root = tmp_path_factory.mktemp("clean")
+    reports = _run(root, shards, "clean")
+    assert [r["step"] for r in reports] == [2, 4, 6] and reports[-1]["resumed_from"] == -1
+    return _latest(root, "clean")
+
+
+def test_stop_and_resume_in_one_process_equals_uninterrupted(tmp_path, shards, clean):
+    first = _run(tmp_path, shards, "resumed", ["training.max_steps=4"])
+    assert first[-1]["step"] == 4
+    second = _run(tmp_path, shards, "resumed")
+    assert [r["step"] for r in second] == [6] and second[0]["resumed_from"] == 4
+    resumed = _latest(tmp_path, "resumed")
+    _assert_same(clean, resumed)
+    assert clean["metrics"]["val_nll_bits"] == pytest.approx(resumed["metrics"]["val_nll_bits"], abs=1e-6)
+    first_ckpt = ck.validate_checkpoint(tmp_path / "runs" / "resumed" / ck.checkpoint_dir_name(2))
+    moved = max((clean["model"][k] - first_ckpt["model"][k]).abs().max().item() for k in clean["model"])
+    assert moved > 1e-4  # training moved the weights: equality above is not the initialisation
+
+
+def test_raised_fault_then_rerun_matches_clean(tmp_path, shards, clean):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    plan = FaultPlan({"dir": str(marks), "raise": [[0, 3]]})
+    with pytest.raises(RuntimeError, match="injected fault at step 3 on rank 0"):
+        _run(tmp_path, shards, "raised", faults=plan)
+    assert (marks / "raise-r0-s3").exists()
+    again = _run(tmp_path, shards, "raised", faults=plan)  # fires once: the restart runs clean
+    assert again[0]["resumed_from"] == 2 and again[-1]["step"] == 6
+    _assert_same(clean, _latest(tmp_path, "raised"))
+
+
+class _Crash(Exception):
+    pass
+
+
+class _InProcessPlan(FaultPlan):
+    """A kill or tear that raises instead of SIGKILLing this (the test) process."""
+
+    def die(self):
+        raise _Crash("killed")
+
+
+def test_torn_checkpoint_in_one_process_falls_back_and_matches_clean(tmp_path, shards, clean):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    plan = _InProcessPlan({"dir": str(marks), "tear": [4]})
+    with pytest.raises(_Crash):
+        _run(tmp_path, shards, "torn", faults=plan)
+    run_dir = tmp_path / "runs" / "torn"
+    torn = run_dir / ck.checkpoint_dir_name(4)
+    with pytest.raises(ck.CheckpointError, match="unreadable"):
+        ck.validate_checkpoint(torn)
+    again = _run(tmp_path, shards, "torn", faults=plan)
+    assert again[0]["resumed_from"] == 2 and again[0]["resume_skipped_invalid"] == 1
+    names = [d.name for d in ck.list_checkpoints(run_dir)]
+    assert any(n.startswith(torn.name + "-r") for n in names), names  # rewritten under a new name
+    _assert_same(clean, _latest(tmp_path, "torn"))
+
+
+def test_nan_steps_are_skipped_counted_and_stop_after_the_limit(tmp_path, shards):
+    plan = FaultPlan({"nan": [[0, 2], [0, 3]]})
+    reports = _run(tmp_path, shards, "nan", ["training.max_steps=4", "checkpoint.every=1"], faults=plan)
+    assert [r["nonfinite_steps"] for r in reports] == [0, 1, 2, 2]
+    run_dir = tmp_path / "runs" / "nan"
+    s1, s3, s4 = (ck.validate_checkpoint(run_dir / ck.checkpoint_dir_name(s)) for s in (1, 3, 4))
+    for k in s1["model"]:  # no optimiser step at 2 and 3
+        assert torch.equal(s1["model"][k], s3["model"][k]), k
+    assert any(not torch.equal(s3["model"][k], s4["model"][k]) for k in s3["model"])
+    assert s4["nonfinite_steps"] == 2
+    stop = FaultPlan({"nan": [[0, 1], [0, 2], [0, 3]]})
+    with pytest.raises(NonFiniteTrainingError, match=r"2 consecutive steps .*max_nonfinite_steps=2"):
+        _run(tmp_path, shards, "nanstop", ["training.max_nonfinite_steps=2"], faults=stop)
+    assert ck.list_checkpoints(tmp_path / "runs" / "nanstop") == []
+
+
+def test_checkpoints_store_the_manifest_sample_rate_and_keep_the_newest(tmp_path, shards):
+    _run(tmp_path, shards, "keep", ["training.max_steps=4", "checkpoint.every=1", "checkpoint.keep=2"])
+    run_dir = tmp_path / "runs" / "keep"
+    assert [d.name for d in ck.list_checkpoints(run_dir)] == [ck.checkpoint_dir_name(3), ck.checkpoint_dir_name(4)]
+    state = _latest(tmp_path, "keep")
+    assert state["sample_rate"] == load_manifest(shards)["sample_rate"] == 16000
+    assert state["data"] == {"seed": 0, "step": 4, "world_size": 1} and len(state["rng"]["per_rank"]) == 1
+    loaded = ck.load_checkpoint(run_dir / ck.checkpoint_dir_name(4))
+    assert loaded.sample_rate == 16000 and loaded.step == 4 and loaded.quantization == "mu-law"
+    assert loaded.job.model.d_model == 16 and loaded.job.name == "keep"
+
+
+def test_nonfinite_weights_are_never_checkpointed(tmp_path, shards):
+    job, _ = _job(tmp_path, shards, "w")
+    manager = CheckpointManager(job, tmp_path, rank=0, world=1, sample_rate=16000, log=lambda m: None)
+    weights = {"w": torch.tensor([1.0, float("nan")])}
+    with pytest.raises(ck.NonFiniteCheckpointError, match=r"non-finite at step 3 \(w\); refusing"):
+        manager.refuse_nonfinite(weights, 3)
+    manager.refuse_nonfinite({"w": torch.ones(2)}, 3)
+    assert [manager.due(s) for s in (1, 2, 3, 4, 6)] == [False, True, False, True, True]
+
+
+def test_fault_plans_are_absent_unless_set_and_checked(monkeypatch):
+    monkeypatch.delenv(FAULTS_ENV, raising=False)
+    assert FaultPlan.from_env("j") is None
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"other": {"nan": [[0, 1]]}}))
+    assert FaultPlan.from_env("j") is None and FaultPlan.from_env("other") is not None
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['kil'\]"):
+        FaultPlan({"dir": "/tmp", "kil": [[0, 1]]})
+    with pytest.raises(ValueError, match="marker"):
+        FaultPlan({"raise": [[0, 1]]})
+    loss = torch.tensor(2.0)
+    assert NoFaults().poison(loss, 1, 0) is loss
+    assert torch.isnan(FaultPlan({"nan": [[1, 5]]}).poison(loss, 5, 1))
+    assert FaultPlan({"nan": [[1, 5]]}).poison(loss, 5, 0) is loss
+
+
+# ---------------------------------------------------------------- two ranks, no Ray
+
+def _rank(rank, world, port, cfg, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        job = job_from_dict(cfg["job"], "<test>")
+        run_dir = RunDir.of(job.checkpoint.storage, job.name).local
+        reports = []
+
+        def report(metrics, checkpoint_dir):
+            reports.append({"step": metrics["step"], "checkpoint": checkpoint_dir is not None})
+            if checkpoint_dir is not None:
+                ck.copy_checkpoint_dir(checkpoint_dir, run_dir)
+
+        runtime = Runtime(rank=rank, world_size=world, device=torch.device("cpu"), report=report,
+                          prepare_model=torch.nn.parallel.DistributedDataParallel, log=lambda m: None)
+        Trainer(job, runtime, TrainData.from_worker_config(cfg)).run()
+        Path(out, f"r{rank}.json").write_text(json.dumps(reports))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_over_torch_distributed_without_ray(tmp_path, shards):
+    import torch.multiprocessing as mp
+
+    job, where = _job(tmp_path, shards, "ddp", ["training.max_steps=4", "scaling.num_workers=2"])
+    cfg = prepare(job, where, log=lambda *a: None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_rank, args=(2, port, cfg, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))
+    assert r0 == [{"step": 2, "checkpoint": True}, {"step": 4, "checkpoint": True}]
+    assert r1 == [{"step": 2, "checkpoint": False}, {"step": 4, "checkpoint": False}]  # same barriers
+    state = _latest(tmp_path, "ddp")
+    assert state["data"]["world_size"] == 2 and len(state["rng"]["per_rank"]) == 2
+    assert not torch.equal(state["rng"]["per_rank"][0]["torch"], state["rng"]["per_rank"][1]["torch"])
+    assert os.path.isdir(tmp_path / "runs" / "ddp" / "tensorboard")  # rank 0's board
