@@ -139,7 +139,7 @@ class SaShiMi(nn.Module):
         tiers = []
         for level in range(len(self.config.pool) + 1):
             idx = [pos[b] for b in tier_s4_blocks(self, level)]
-            tier = TierStep(self, level, [consts[i] for i in idx])
+            tier = TierStep(self, level, [consts[i] for i in idx], compiled=compiled)
             run = CompiledTier(tier) if compiled else tier
             tiers.append((run, idx))
         self.__dict__["_tier_steps"] = (consts, compiled, tiers)

@@ -42,7 +42,7 @@ class TierStep(nn.Module):
     * s: this tier's input to the slower tier below, which it pools once p of them are there (None at the centre).
     """
 
-    def __init__(self, model, level: int, consts: list[dict]):
+    def __init__(self, model, level: int, consts: list[dict], compiled: bool = False):
         super().__init__()
         n = len(model.config.pool)
         self.level, self.centre, self.unet = level, level == n, model.config.unet
@@ -51,8 +51,11 @@ class TierStep(nn.Module):
         self.down, self.blocks = tier_blocks(model, level)
         self.pool_out = model.up_pools[level - 1] if level > 0 else None
         self.norm, self.head = (model.norm, model.head) if level == 0 else (None, None)
+        # Eager: the constants as prebuilt dicts (a module attribute lookup per constant per step
+        # costs more than the arithmetic). Compiled: buffers, which freezing folds into the code.
+        self._eager = None if compiled else [dict(c) for c in consts]
         self._dplr, self._keys = [], []
-        for j, c in enumerate(consts):
+        for j, c in enumerate(consts if compiled else []):
             keys = [k for k, v in c.items() if isinstance(v, torch.Tensor)]
             for k in keys:
                 self.register_buffer(f"c{j}_{k}", c[k], persistent=False)
@@ -60,6 +63,8 @@ class TierStep(nn.Module):
             self._dplr.append(c["dplr"])
 
     def _consts(self, j: int) -> dict:
+        if self._eager is not None:
+            return self._eager[j]
         c = {k: getattr(self, f"c{j}_{k}") for k in self._keys[j]}
         c["dplr"] = self._dplr[j]
         return c
