@@ -6,12 +6,20 @@ mode runs with ``threads`` intra-op threads (1 by default) and restores the sett
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from . import compile_cache
 from .metrics import shift_inputs
 from .model import SaShiMi, SaShiMiState
 from .quantize import zero_class
+
+
+# samples × batch above which compile=None compiles without a cached package: ~10 s of 16 kHz audio
+# at batch 1, where a compilation is repaid (docs/benchmarks.md, "Generation from the first sample").
+AUTO_COMPILE_WORK = 160_000
 
 
 @contextlib.contextmanager
@@ -88,14 +96,31 @@ def prime_state(model: SaShiMi, prime: torch.Tensor) -> tuple[torch.Tensor, SaSh
     return model.step(last, state)
 
 
+def should_compile(model: SaShiMi, n_steps: int, batch: int, sample_in_step: bool = True) -> bool:
+    """``compile=None``: compile when the compiled steps are cached on disk already (loading takes
+    milliseconds), or when there is enough work to repay a compilation: about a minute of it
+    against a 2-4x faster step (measured: docs/benchmarks.md, "Generation from the first sample")."""
+    if n_steps * batch >= AUTO_COMPILE_WORK:
+        return True
+    model.compile_step(True, compile_cache.default_dir())
+    try:
+        return compile_cache.default_dir() is not None and model.compiled_step_cached(batch, sample_in_step)
+    finally:
+        model.compile_step(False)
+
+
 @torch.inference_mode()
 def generate(model: SaShiMi, n_samples: int, batch: int = 1, temperature: float = 1.0, top_p: float = 1.0,
              prime: torch.Tensor | None = None, seed: int | None = None, threads: int | None = None,
-             progress: bool = False, compile: bool = False, return_logprobs: bool = False):
+             progress: bool = False, compile: bool | None = False, return_logprobs: bool = False,
+             cache_dir: Path | None | str = "default", log=None):
     """Sample ``n_samples`` tokens per sequence after an optional ``prime`` (B, P) -> (B, n_samples).
 
     ``compile=True`` runs each tier's step as one Inductor-compiled function: 3-5x faster per
-    sample after a one-off compilation of about a minute, so it pays off for long generations.
+    sample after a one-off compilation of about a minute, so it pays off for long generations;
+    ``compile=None`` decides by the amount of work (``should_compile``). Compiled steps are kept
+    in ``cache_dir`` (default ``compile_cache.default_dir()``; None: not kept), so the next run
+    with the same weights loads them instead of compiling.
     ``return_logprobs=True`` also returns (B, n_samples) float64 natural-log probabilities of the
     drawn tokens under the model itself (temperature 1, no nucleus): the sample's log-likelihood.
     ``threads``: intra-op threads while stepping; by default all of them when compiled (its
@@ -107,9 +132,13 @@ def generate(model: SaShiMi, n_samples: int, batch: int = 1, temperature: float 
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else torch.seed())
     B = batch if prime is None else prime.shape[0]
+    fused = top_p >= 1.0 or temperature <= 0
+    steps_total = n_samples + (0 if prime is None else prime.shape[1])
+    if compile is None:
+        compile = should_compile(model, steps_total, B, fused)
     if threads is None:
         threads = torch.get_num_threads() if compile or B >= 8 else 1
-    model.compile_step(compile)
+    model.compile_step(compile, compile_cache.default_dir() if cache_dir == "default" else cache_dir, log)
     model.step_constants()  # float64 setup: with all threads, before step mode drops to `threads`
     tokens, logps = [], []
     with torch_threads(threads):
@@ -120,8 +149,6 @@ def generate(model: SaShiMi, n_samples: int, batch: int = 1, temperature: float 
             tok = torch.full((B,), zero_class(), dtype=torch.long, device=device)
         steps = range(n_samples)
         if progress:
-            from tqdm import tqdm  # noqa: PLC0415
-
             steps = tqdm(steps, desc="generating", unit="sample", unit_scale=B)
         draw = _Sampler(temperature, top_p, gen, (B, model.config.n_classes), device)
         for _ in steps:

@@ -14,6 +14,7 @@ inputs, its UpPool hands out cached outputs), which is what makes generation fas
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -118,15 +119,16 @@ class SaShiMi(nn.Module):
             up_buf=[[torch.zeros(batch, h, device=device) for _ in range(p)] for p, h in zip(self.config.pool, widths)],
         )
 
-    def compile_step(self, enable: bool = True) -> None:
+    def compile_step(self, enable: bool = True, cache_dir: Path | None = None, log=None) -> None:
         """Run each tier's step as one Inductor-compiled function (see tier_step.CompiledTier).
 
         Per-step tensors are tiny, so eager step mode is bound by per-op overhead; fusing a
         tier's ~80 ops into a few C++ (or CUDA) kernels removes most of it. Compilation takes
-        tens of seconds per tier and batch size; it pays off for long generations. Weights and
-        step constants are frozen into the compiled code: a weight change makes new constants
-        (``step_constants``), hence new tiers, compiled afresh."""
-        self._compile = enable
+        tens of seconds per tier and batch size; it pays off for long generations, and with
+        ``cache_dir`` (AOTInductor packages on disk, ``compile_cache``) only once per weights.
+        Weights and step constants are frozen into the compiled code: a weight change makes new
+        constants (``step_constants``), hence new tiers, compiled afresh."""
+        self._compile = (enable, cache_dir, log) if enable else False
 
     def _tiers(self, consts: list) -> list:
         """The TierStep of each level for these step constants (and, per tier, the positions of
@@ -139,11 +141,21 @@ class SaShiMi(nn.Module):
         tiers = []
         for level in range(len(self.config.pool) + 1):
             idx = [pos[b] for b in tier_s4_blocks(self, level)]
-            tier = TierStep(self, level, [consts[i] for i in idx], compiled=compiled)
-            run = CompiledTier(tier) if compiled else tier
+            tier = TierStep(self, level, [consts[i] for i in idx], compiled=bool(compiled))
+            run = CompiledTier(tier, cache_dir=compiled[1], log=compiled[2]) if compiled else tier
             tiers.append((run, idx))
         self.__dict__["_tier_steps"] = (consts, compiled, tiers)
         return tiers
+
+    def compiled_step_cached(self, batch: int, sample_in_step: bool = True, device=None) -> bool:
+        """Whether every tier's compiled step for ``batch`` (``sample_in_step``: the outer tier also
+        draws the token, as ``sample_step``) is in the on-disk cache already, so compiling costs only
+        loading. Call after ``compile_step``."""
+        tiers = self._tiers(self.step_constants())
+        device = torch.device(device or self.head.weight.device)
+        with torch.inference_mode():
+            return all(isinstance(run, CompiledTier) and run.cached(batch, device, sample_in_step and level == 0)
+                       for level, (run, _) in enumerate(tiers))
 
     def _run_tier(self, level: int, inp, pos: int, state: SaShiMiState, tiers: list, noise=None):
         """Advance ``level`` by its step number ``pos``, and the slower levels below it whose p inputs

@@ -9,10 +9,12 @@ compiling with ``freezing`` folds them into the code together with the weights.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from . import unet
+from . import compile_cache, unet
 from .blocks import S4Block
 
 
@@ -109,10 +111,22 @@ class CompiledTier:
     Not torch.compile: its per-call frame evaluation, guards over every parameter and runtime
     wrappers cost ~150 µs, more than the outer tier's arithmetic at batch 1. The exported graph
     is fixed (shapes, weights, constants), so the compiled function is only ever called with
-    the batch size, device and dtypes it was built for; the cache key makes sure of that."""
+    the batch size, device and dtypes it was built for; the cache key makes sure of that.
+    With ``cache_dir``, each compiled function is an AOTInductor package kept on disk
+    (``compile_cache``): the next process with the same weights loads it in milliseconds."""
 
-    def __init__(self, tier: TierStep):
-        self.tier, self.fns = tier, {}
+    def __init__(self, tier: TierStep, cache_dir: Path | None = None, log=None):
+        self.tier, self.fns, self.cache_dir, self.log = tier, {}, cache_dir, log
+
+    def signature(self, batch: int, device: torch.device, noise: bool) -> tuple:
+        return (self.tier.level, batch, device.type, torch.is_inference_mode_enabled(), noise)
+
+    def cached(self, batch: int, device: torch.device, noise: bool) -> bool:
+        """Whether a compiled package for this call is on disk already (no compilation needed)."""
+        return self.cache_dir is not None and self._path(self.signature(batch, device, noise)).is_file()
+
+    def _path(self, signature: tuple) -> Path:
+        return self.cache_dir / f"tier{self.tier.level}-{compile_cache.key(self.tier, signature)}.pt2"
 
     def __call__(self, inp, up, ssm, noise=None):
         if self.tier.level == 0:
@@ -126,5 +140,12 @@ class CompiledTier:
 
     def _compile(self, args: tuple, device: torch.device):
         with torch.no_grad(), _inductor_settings(device):
-            graph = torch.export.export(self.tier, args).module()
-            return torch._inductor.compile(graph, list(args))
+            if self.cache_dir is None:
+                return torch._inductor.compile(torch.export.export(self.tier, args).module(), list(args))
+            signature = self.signature(args[0].shape[0] if self.tier.level == 0 else args[0][0].shape[0],
+                                       device, args[3] is not None)
+
+            def build(path: str) -> None:
+                torch._inductor.aoti_compile_and_package(torch.export.export(self.tier, args), package_path=path)
+
+            return compile_cache.load_or_build(self._path(signature), build, self.log)

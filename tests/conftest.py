@@ -8,6 +8,8 @@ from s3_server import s3_bucket, s3_endpoint  # noqa: F401  (fixtures: a real S3
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 os.environ.setdefault("KEOPS_CACHE_FOLDER", str(ROOT / ".keops_cache"))
+# Compiled generation steps are not kept between test runs (tests that check the cache pass a dir).
+os.environ.setdefault("SASHIMI_COMPILE_CACHE", "off")
 
 
 @pytest.fixture(autouse=True)

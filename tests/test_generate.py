@@ -77,3 +77,52 @@ def test_gumbel_sampler_draws_from_the_softmax():
         expected = torch.softmax(logits[0].double() / temperature, -1) * 30000
         # 4 standard deviations of a binomial count: fails for a wrong temperature or missing noise
         assert ((counts - expected).abs() < 4 * expected.sqrt() + 1).all(), (counts, expected)
+
+
+@pytest.mark.slow
+def test_compiled_steps_are_cached_on_disk(tmp_path, monkeypatch):
+    """A second model with the same weights loads the compiled packages instead of compiling,
+    and samples the same tokens; other weights, or a broken package, are never loaded."""
+    cfg = SaShiMiConfig(d_model=8, n_layers=1, d_state=8, l_max=64, pool=(4,))
+    model = SaShiMi(cfg)
+    first = generate(model, 40, temperature=1.0, seed=3, compile=True, cache_dir=tmp_path)
+    assert torch.equal(first, generate(model, 40, temperature=1.0, seed=3))  # equals eager
+    packages = sorted(tmp_path.glob("*.pt2"))
+    assert len(packages) == 2  # one per tier
+
+    same = SaShiMi(cfg)
+    same.load_state_dict(model.state_dict())
+    same.compile_step(True, tmp_path)
+    assert same.compiled_step_cached(1)
+
+    def no_compiling(*a, **k):
+        raise AssertionError("compiled again although the package was cached")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiling)
+    assert torch.equal(first, generate(same, 40, temperature=1.0, seed=3, compile=True, cache_dir=tmp_path))
+
+    other = SaShiMi(cfg)  # other weights: other keys
+    other.compile_step(True, tmp_path)
+    assert not other.compiled_step_cached(1)
+    assert not same.compiled_step_cached(2)  # another batch size
+    monkeypatch.undo()
+    packages[0].write_bytes(b"truncated")  # a broken package is rebuilt, with a log line
+    logged = []
+    again = SaShiMi(cfg)
+    again.load_state_dict(model.state_dict())
+    assert torch.equal(first, generate(again, 40, temperature=1.0, seed=3, compile=True, cache_dir=tmp_path,
+                                       log=logged.append))
+    assert len(logged) == 1 and "could not be loaded" in logged[0]
+
+
+def test_compile_is_chosen_by_work_or_a_cached_package(tmp_path, monkeypatch):
+    from sashimi.generate import AUTO_COMPILE_WORK, should_compile
+
+    monkeypatch.setenv("SASHIMI_COMPILE_CACHE", str(tmp_path))
+    model = SaShiMi(SaShiMiConfig(**TINY))
+    assert not should_compile(model, 16000, 1)  # 1 s at batch 1, nothing cached: eager
+    assert should_compile(model, AUTO_COMPILE_WORK // 4, 4)  # enough work to repay a compilation
+    monkeypatch.setattr(SaShiMi, "compiled_step_cached", lambda self, batch, fused=True: batch == 1)
+    assert should_compile(model, 16000, 1) and not should_compile(model, 16000, 2)
+    monkeypatch.setenv("SASHIMI_COMPILE_CACHE", "off")
+    assert not should_compile(model, 16000, 1)
