@@ -1,4 +1,4 @@
-"""The three collectives the trainer joins, each a no-op in a one-process run (world size 1).
+"""The collectives the trainer joins, each a no-op in a one-process run (world size 1).
 
 Collective discipline (a mismatch deadlocks DDP): every rank calls each of these at the same steps.
 """
@@ -31,3 +31,12 @@ def gather_objects(obj, world: int) -> list:
     out = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj, world: int):
+    """Rank 0's `obj` (any picklable value) on every rank."""
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

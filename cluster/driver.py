@@ -2,31 +2,30 @@
 latest checkpoint (generate jobs on local storage), and print where everything is."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import soundfile as sf
 import torch
 
+from data_prep import storage
 from sashimi.generate import generate
 
 from . import launch
 from .checkpoint import load_checkpoint
 from .config import JobConfig
-from .rundir import TEST_RESULT_FILE, RunDir, is_uri
+from .rundir import TEST_RESULT_FILE, RunDir
 from .tasks import read_test_result
 from .tboard import decode_tokens
 
 
-def write_sample_wav(checkpoint_dir: str, out_path: Path, n_samples: int, seed: int = 0) -> Path:
-    """Generate `n_samples` from a checkpoint (model, quantisation and sample rate all from it) to a WAV."""
+def write_sample_wav(checkpoint_dir: str, out_path: str, n_samples: int, seed: int = 0) -> str:
+    """Generate `n_samples` from a checkpoint (model, quantisation and sample rate all from it) to a WAV
+    (a local path or a URI)."""
     model, job, quant, rate, _ = load_checkpoint(checkpoint_dir)
     if quant == "none":
         raise ValueError(f"{checkpoint_dir}: this checkpoint models pixels, not audio: no WAV to write")
     with torch.no_grad():
         tokens = generate(model, n_samples, batch=1, seed=seed)[0]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(out_path), decode_tokens(tokens, quant).numpy(), rate, subtype="PCM_16")
-    return out_path
+    wave = decode_tokens(tokens, quant).numpy()
+    return storage.atomic_write(out_path, lambda f: sf.write(f, wave, rate, format="WAV", subtype="PCM_16"))
 
 
 def train_and_sample(job: JobConfig, where: str, fresh: bool = False, num_cpus: int | None = None,
@@ -36,11 +35,10 @@ def train_and_sample(job: JobConfig, where: str, fresh: bool = False, num_cpus: 
     run_dir = RunDir(info.run_dir)
     out = {"run_dir": info.run_dir, "tensorboard": info.tensorboard_dir, "checkpoint": info.checkpoint_dir,
            "metrics": info.metrics, "wav": None}
-    if (write_wav and job.task == "generate" and info.checkpoint_dir and not is_uri(info.checkpoint_dir)
-            and job.data.quantization != "none"):
+    if write_wav and job.task == "generate" and info.checkpoint_dir and job.data.quantization != "none":
         step = int(info.metrics.get("step", 0))
-        out["wav"] = str(write_sample_wav(info.checkpoint_dir, Path(run_dir.sample_wav(step)),
-                                          job.eval.generate_samples or 16000, seed=job.seed))
+        out["wav"] = write_sample_wav(info.checkpoint_dir, run_dir.sample_wav(step),
+                                      job.eval.generate_samples or 16000, seed=job.seed)
     if getattr(job, "task", None) == "classify":
         out["test_result"] = read_test_result(run_dir, info.metrics.get("step"))
     print_summary(out, run_dir)

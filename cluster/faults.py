@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from data_prep import storage
+
 FAULTS_ENV = "SASHIMI_TEST_FAULTS"
 PLAN_KEYS = {"dir", "raise", "kill", "tear", "nan", "sleep"}
 
@@ -89,8 +91,9 @@ class FaultPlan(NoFaults):
     def after_checkpoint(self, step, rank, persisted):
         if rank == 0 and persisted is not None and step in self.plan.get("tear", []) \
                 and self._fire_once(f"tear-s{step}"):
-            f = persisted / "state.pt"
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+            f = storage.join(persisted, "state.pt")  # a local path or an object in the bucket
+            data = storage.read_bytes(f)
+            storage.write_bytes(f, data[: len(data) // 2])
             _say(f"test fault: truncated {f}; SIGKILL rank 0")
             self.die()
 

@@ -11,6 +11,9 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from data_prep import storage
+
+from .checkpoint import name_of
 from .config import JobConfig
 from .connect import connect_ray
 from .prepare import prepare
@@ -62,7 +65,8 @@ def run(job: JobConfig, where: str = "<job>", fresh: bool = False, num_cpus: int
     finally:
         if started:
             ray.shutdown()
-    ckpt = result.checkpoint.path if result.checkpoint is not None else None
+    # Ray's path has lost the URI scheme on object storage ("bucket/runs/..."): rebuild it in the run dir
+    ckpt = storage.join(run_dir.root, name_of(result.checkpoint.path)) if result.checkpoint is not None else None
     info = RunInfo(run_dir=run_dir.root, tensorboard_dir=run_dir.tensorboard,
                    checkpoint_dir=ckpt, metrics=dict(result.metrics or {}), seconds=time.time() - t0,
                    submitted_unix=submitted, started_unix=t0)

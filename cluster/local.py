@@ -3,8 +3,6 @@ and pruned to checkpoint.keep (what Ray does for a Ray run); reported metrics ar
 loop tests, and handy for debugging a job without a cluster."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .checkpoint import copy_checkpoint_dir, prune
@@ -21,12 +19,10 @@ def run_local(job: JobConfig, where: str = "<job>", fresh: bool = False, faults:
     Returns the metrics of every report (one per checkpoint step)."""
     cfg = prepare(job, where, fresh, log)
     job = job_from_dict(cfg["job"], where)
-    run_dir = RunDir.of(job.checkpoint.storage, job.name).local
-    if run_dir is None:
-        raise ValueError(f"{where}: checkpoint.storage {job.checkpoint.storage}: a run without Ray needs local storage")
+    run_dir = RunDir.of(job.checkpoint.storage, job.name).root  # a local path or a URI
     reports: list[dict] = []
 
-    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
         reports.append(dict(metrics))
         if checkpoint_dir is not None:
             copy_checkpoint_dir(checkpoint_dir, run_dir)

@@ -3,35 +3,35 @@ allocation: absolute paths, the demo corpus if asked for, shard lists and sample
 manifest, --fresh, and the checks that the run's checkpoints (or checkpoint.init_from) fit the job."""
 from __future__ import annotations
 
-import shutil
+import json
+import os
 from pathlib import Path
 
+from data_prep import storage
 from data_prep.demo import make_demo_corpus
 from data_prep.manifest import ManifestError, load_manifest, manifest_path, shard_paths
 from data_prep.shard import shard_folder
 
-from .checkpoint import CheckpointError, FormatVersionError, config_mismatch, job_of, list_checkpoints, \
+from .checkpoint import CheckpointError, FormatVersionError, config_mismatch, job_of, list_checkpoints, name_of, \
     validate_checkpoint
 from .config import JobConfig, JobConfigError
 from .rundir import RunDir, is_uri
 
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a submitted job's entrypoint
 DEMO_SAMPLE_RATE = 16000  # the demo corpus is sharded at 16 kHz (SC09's rate)
 
 
 def prepare(job: JobConfig, where: str, fresh: bool = False, log=print) -> dict:
     """Returns the worker config: {"job", "shards", "sample_rate"[, "test_split"]} (cluster.trainer.TrainData)."""
-    resolve_paths(job)
+    resolve_paths(job, where)
+    check_storage(job, where)
     ensure_demo_data(job, log)
     shards = shard_lists(job, where)
     run_dir = RunDir.of(job.checkpoint.storage, job.name)
-    if fresh:
-        if run_dir.local is None:
-            raise JobConfigError(f"{where}: --fresh cannot delete remote storage {run_dir.root}; change `name`")
-        if run_dir.local.exists():
-            log(f"[sashimi] --fresh: deleting {run_dir.root}")
-            shutil.rmtree(run_dir.local)
-    if run_dir.local is not None:
-        check_resume_compatible(job, run_dir.local, where, log)
+    if fresh and storage.exists(run_dir.root):
+        log(f"[sashimi] --fresh: deleting {run_dir.root}")
+        storage.remove(run_dir.root, recursive=True)
+    check_resume_compatible(job, run_dir.root, where, log)
     if job.checkpoint.init_from:
         check_init_from(job, where)
     cfg = {"job": job.to_dict(), "shards": shards, "sample_rate": load_manifest(job.data.shards).get("sample_rate")}
@@ -40,15 +40,61 @@ def prepare(job: JobConfig, where: str, fresh: bool = False, log=print) -> dict:
     return cfg
 
 
-def resolve_paths(job: JobConfig) -> JobConfig:
-    """Make local paths absolute so Ray workers (other cwd) and storage find the same places."""
-    if not is_uri(job.data.shards):
-        job.data.shards = str(Path(job.data.shards).expanduser().resolve())
-    if not is_uri(job.checkpoint.storage):
-        job.checkpoint.storage = str(Path(job.checkpoint.storage).expanduser().resolve())
-    if job.checkpoint.init_from and not is_uri(job.checkpoint.init_from):
-        job.checkpoint.init_from = str(Path(job.checkpoint.init_from).expanduser().resolve())
+PATH_KEYS = ("data.shards", "checkpoint.storage", "checkpoint.init_from")
+
+
+def _get(job: JobConfig, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(job, section), name)
+
+
+def _set(job: JobConfig, key: str, value) -> None:
+    section, name = key.split(".")
+    setattr(getattr(job, section), name, value)
+
+
+def submitted_working_dir() -> str | None:
+    """The working_dir of the Ray job this driver runs in (`ray job submit --working-dir`), else None."""
+    raw = os.environ.get(RAY_JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        return (json.loads(raw).get("runtime_env") or {}).get("working_dir")
+    except (ValueError, AttributeError):
+        return None
+
+
+def resolve_paths(job: JobConfig, where: str = "<job>") -> JobConfig:
+    """Make local paths absolute so Ray workers (other cwd) and storage find the same places. Under
+    `ray job submit --working-dir`, the driver runs in a copy of that directory unpacked on the head
+    node: a relative checkpoint.storage would write into that copy (gone with the job, unseen by other
+    nodes), and a relative data path only works if the data was uploaded with it. Say so, by key."""
+    submitted = submitted_working_dir()
+    for key in PATH_KEYS:
+        value = _get(job, key)
+        if not value or is_uri(value):
+            continue
+        path = Path(value).expanduser()
+        if submitted and not path.is_absolute() and (key != "data.shards" or not path.exists()):
+            why = ("would be written into that copy, which vanishes with the job and which other nodes do not see"
+                   if key == "checkpoint.storage" else "does not exist (data/ and runs/ are not uploaded)")
+            raise JobConfigError(
+                f"{where}: {key}: {value!r} is a relative path, but this job was submitted with --working-dir "
+                f"{submitted}: it runs in a copy of that folder on the cluster, where {value!r} {why}. Give {key} "
+                f"as a URI or an absolute path every node mounts, e.g. {key}=s3://bucket/{value}")
+        _set(job, key, str(path.resolve()))
     return job
+
+
+def check_storage(job: JobConfig, where: str) -> None:
+    """Object-store locations are reachable with these credentials (the bucket exists) before Ray starts."""
+    for key in PATH_KEYS:
+        value = _get(job, key)
+        if value and is_uri(value):
+            try:
+                storage.check_writable_root(value, key)
+            except storage.StorageError as e:
+                raise JobConfigError(f"{where}: {e}") from None
 
 
 def ensure_demo_data(job: JobConfig, log=print) -> None:
@@ -67,17 +113,17 @@ def ensure_demo_data(job: JobConfig, log=print) -> None:
 
 def shard_lists(job: JobConfig, where: str = "<job>") -> dict[str, list[str]]:
     """{"train": [...], "val": [...]} from the dataset's manifest; raises JobConfigError naming data.shards."""
-    root = Path(job.data.shards)
-    if not root.is_dir():
+    root = job.data.shards
+    if not is_uri(root) and not Path(root).is_dir():
         raise JobConfigError(f"{where}: data.shards: directory {root} does not exist "
                              f"(build it with `sashimi-prep`, or set data.demo_minutes for the demo corpus)")
     out = {}
     for key, split in (("train", job.data.train_split), ("val", job.data.val_split)):
         try:
             out[key] = shard_paths(root, split)
-        except ManifestError as e:
-            raise JobConfigError(f"{where}: data.{key}_split: {e}") from None
-        missing = [p for p in out[key] if not Path(p).is_file()]
+            missing = [p for p in out[key] if not storage.isfile(p)]
+        except (ManifestError, storage.StorageError) as e:
+            raise JobConfigError(f"{where}: data.shards: {e}") from None
         if missing:
             raise JobConfigError(f"{where}: data.shards: manifest lists missing shard(s) {missing[:3]}")
     if not out["train"]:
@@ -101,7 +147,7 @@ def test_split_of(job: JobConfig, shards: dict, where: str) -> tuple[str, list[s
     return job.data.val_split, shards["val"]
 
 
-def check_resume_compatible(job: JobConfig, run_dir: Path, where: str, log=print) -> None:
+def check_resume_compatible(job: JobConfig, run_dir: str, where: str, log=print) -> None:
     """If the run dir holds checkpoints, the newest valid one must have been written with the same model
     config (and quantisation) as the job now has, in this format version; else JobConfigError naming the
     differing keys or the version. (The worker checks again against the checkpoint it resumes from.)"""
@@ -116,7 +162,7 @@ def check_resume_compatible(job: JobConfig, run_dir: Path, where: str, log=print
         diff = config_mismatch(stored, job.to_dict())
         if diff:
             raise JobConfigError(f"{where}: run {run_dir} has checkpoints written with a different config; resuming "
-                                 f"from {d.name} would fail: {'; '.join(diff)}. Restore those values, change `name` "
+                                 f"from {name_of(d)} would fail: {'; '.join(diff)}. Restore those values, change `name` "
                                  f"for a new run, or pass --fresh to delete this run")
         return
 
@@ -124,8 +170,6 @@ def check_resume_compatible(job: JobConfig, run_dir: Path, where: str, log=print
 def check_init_from(job: JobConfig, where: str) -> None:
     """checkpoint.init_from must be a valid checkpoint written with the job's model config."""
     src = job.checkpoint.init_from
-    if is_uri(src):
-        raise JobConfigError(f"{where}: checkpoint.init_from: {src}: only local checkpoint directories are supported")
     try:
         stored = job_of(validate_checkpoint(src))
     except CheckpointError as e:

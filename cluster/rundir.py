@@ -6,21 +6,20 @@
         samples/step<9 digits>.wav                   the WAV sashimi-train writes at the end
         test_result.json                             a classify run's final test accuracy
 
-`checkpoint.storage` may be a URI (Ray persists checkpoints there); `local` is then None and the
-files this project writes itself (TensorBoard, WAV, test result) are not written or read.
+`checkpoint.storage` may be a URI (s3://..., any fsspec filesystem): Ray persists checkpoints there, and
+everything this project writes itself (TensorBoard events, the WAV, the test result) goes there through
+`data_prep.storage`; `local` is then None.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.storage import is_uri, join
+
 TENSORBOARD = "tensorboard"
 SAMPLES = "samples"
 TEST_RESULT_FILE = "test_result.json"
-
-
-def is_uri(path: str) -> bool:
-    return "://" in str(path)
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,7 @@ class RunDir:
 
     @classmethod
     def of(cls, storage: str, name: str) -> "RunDir":
-        return cls(f"{str(storage).rstrip('/')}/{name}")
+        return cls(join(storage, name))
 
     @property
     def local(self) -> Path | None:
@@ -38,11 +37,11 @@ class RunDir:
 
     @property
     def tensorboard(self) -> str:
-        return f"{self.root}/{TENSORBOARD}"
+        return join(self.root, TENSORBOARD)
 
     @property
     def test_result(self) -> str:
-        return f"{self.root}/{TEST_RESULT_FILE}"
+        return join(self.root, TEST_RESULT_FILE)
 
     def sample_wav(self, step: int) -> str:
-        return f"{self.root}/{SAMPLES}/step{step:09d}.wav"
+        return join(self.root, SAMPLES, f"step{step:09d}.wav")

@@ -11,12 +11,11 @@ cluster/trainer.py. Metric names are "val_<x>" in Ray's metrics and "val/<x>" in
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from data_prep.atomicio import atomic_write_text
+from data_prep import storage
 from sashimi import SaShiMi, SaShiMiConfig
 from sashimi.classifier import S4Classifier
 from sashimi.metrics import nll_bits, nll_bits_sum, shift_inputs
@@ -115,11 +114,9 @@ def tb_tag(key: str) -> str:
 
 
 def read_test_result(run_dir: RunDir, step: int | None = None) -> dict | None:
-    """The test_result.json a classify run wrote in its (local) run dir, if any (and if for `step`)."""
-    if run_dir.local is None:
-        return None
+    """The test_result.json a classify run wrote in its run dir, if any (and if for `step`)."""
     try:
-        res = json.loads(Path(run_dir.test_result).read_text())
+        res = json.loads(storage.read_text(run_dir.test_result))
     except (OSError, ValueError):
         return None
     return res if step is None or res.get("step") == step else None
@@ -129,7 +126,7 @@ def finish_classify(job, model, urls: list[str], split: str, step: int, device, 
                     run_dir: RunDir, log) -> dict:
     """Rank 0 after the last step of a classify run: accuracy on every example of `split` (the test split,
     or val when the dataset has none), logged to TensorBoard (test/accuracy, test/loss), printed, and
-    written to <run_dir>/test_result.json when the run dir is local (the driver prints it from there).
+    written to <run_dir>/test_result.json (the driver prints it from there).
     Returns the test_* metrics."""
     batches = split_batches(urls, batch_size=job.eval.val_batch_size, crop=job.data.crop,
                             quantization=job.data.quantization, seed=job.seed,
@@ -143,8 +140,7 @@ def finish_classify(job, model, urls: list[str], split: str, step: int, device, 
     writer.flush()
     log(f"test accuracy {out['test_accuracy']:.4f} on {out['test_examples']} digits "
         f"(split {split!r}, step {step}, loss {out['test_loss']:.4f} nats)")
-    if run_dir.local is not None:
-        result = {"job": job.name, "task": "classify", "step": step, "split": split, "shards": job.data.shards,
-                  "examples": out["test_examples"], "accuracy": out["test_accuracy"], "loss_nats": out["test_loss"]}
-        atomic_write_text(run_dir.test_result, json.dumps(result, indent=1) + "\n")
+    result = {"job": job.name, "task": "classify", "step": step, "split": split, "shards": job.data.shards,
+              "examples": out["test_examples"], "accuracy": out["test_accuracy"], "loss_nats": out["test_loss"]}
+    storage.write_text(run_dir.test_result, json.dumps(result, indent=1) + "\n")
     return out

@@ -3,24 +3,34 @@ Besides scalars, every evaluation logs a short generated clip and its spectrogra
 judged by ear and eye while it trains."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
 import torchaudio
 from torch.utils.tensorboard import SummaryWriter
 
+from data_prep import storage
 from sashimi.generate import generate
 from sashimi.quantize import dequantize
 
 
 class Board:
-    def __init__(self, log_dir: str | Path, purge_step: int | None, sample_rate: int | None, quantization: str):
+    """Events go to `log_dir`; on object storage they are written to a local folder and uploaded under
+    `log_dir` at every flush (each logging interval and checkpoint), so `tensorboard --logdir <URI>`
+    (or a synced copy) shows the run while it trains."""
+
+    def __init__(self, log_dir: str, purge_step: int | None, sample_rate: int | None, quantization: str):
         """`sample_rate`: of the training data (its manifest); None only for pixels (quantization none)."""
         if quantization != "none" and not sample_rate:
             raise ValueError(f"TensorBoard in {log_dir}: audio ({quantization}) needs the data's sample rate")
-        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        self.remote = str(log_dir) if storage.is_uri(log_dir) else None
+        self._stage = tempfile.TemporaryDirectory(prefix="sashimi-tb-") if self.remote else None
+        local = Path(self._stage.name if self._stage else log_dir)
+        local.mkdir(parents=True, exist_ok=True)
         # purge_step drops events a crashed attempt wrote after the checkpoint we resumed from
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step or None)
+        self.writer = SummaryWriter(str(local), purge_step=purge_step or None)
+        self.local = local
         self.sample_rate = sample_rate
         self.quantization = quantization
 
@@ -50,9 +60,21 @@ class Board:
 
     def flush(self) -> None:
         self.writer.flush()
+        self._upload()
 
     def close(self) -> None:
         self.writer.close()
+        self._upload()
+        if self._stage is not None:
+            self._stage.cleanup()
+
+    def _upload(self) -> None:
+        """Copy every local event file to the remote log dir (each upload replaces the object whole)."""
+        if self.remote is None:
+            return
+        for f in sorted(self.local.rglob("*")):
+            if f.is_file():
+                storage.put_file(f, storage.join(self.remote, *f.relative_to(self.local).parts))
 
 
 def decode_tokens(tokens: torch.Tensor, quantization: str) -> torch.Tensor:

@@ -19,15 +19,15 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 import yaml
 
+from data_prep import storage
 from sashimi.optim import make_optimizer
 
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, name_of
 from .config import JobConfig
 from .data import train_loader, val_batches
 from .dist import any_rank, broadcast_from_rank0
@@ -60,8 +60,8 @@ class Runtime:
     rank: int
     world_size: int
     device: torch.device
-    report: Callable[[dict, Path | None], None]
-    latest_checkpoint: Path | None = None  # what the runtime offers to resume from (may be stale or torn)
+    report: Callable[[dict, str | None], None]
+    latest_checkpoint: str | None = None  # what the runtime offers to resume from (may be stale or torn)
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m  # device placement, DDP
     log: Callable[[str], None] = say
 
@@ -90,6 +90,9 @@ def nonfinite_step(loss_sum: float, grad_norm: float, device: torch.device, worl
 
 
 class Trainer:
+    """One rank's part of a run: model, optimiser, schedule and checkpoint policy built from the job,
+    then `run()`: resume, train segment by segment, evaluate and checkpoint on schedule, finish."""
+
     def __init__(self, job: JobConfig, runtime: Runtime, data: TrainData, faults: NoFaults | None = None):
         self.job, self.rt, self.data = job, runtime, data
         self.faults = faults or NoFaults()
@@ -108,7 +111,7 @@ class Trainer:
         s = job.schedule
         self.sched = LRSchedule(self.optimizer, s.kind, job.training.max_steps, s.warmup_steps, s.factor, s.patience,
                                 s.threshold, s.min_lr_scale)
-        self.ckpt = CheckpointManager(job, self.run_dir.local, self.rank, self.world, data.sample_rate, self.say0)
+        self.ckpt = CheckpointManager(job, self.run_dir.root, self.rank, self.world, data.sample_rate, self.say0)
         t = job.training
         self.meter = StepMeter(t.batch_per_worker * t.grad_accum * self.world)
         self.clip = t.clip_norm if t.clip_norm is not None else float("inf")
@@ -217,6 +220,7 @@ class Trainer:
                             "train/nonfinite_steps": self.nonfinite_total, "perf/samples_per_s": w["samples_per_s"],
                             "perf/step_time_s": w["step_time_s"], "perf/data_wait_s": w["data_wait_s"],
                             **memory_metrics(self.device)}, self.step)
+        self.board.flush()  # on object storage: uploads the events (cluster.tboard)
         self.say0(f"step {self.step}/{self.job.training.max_steps} loss {w['loss']:.4f} {self.task.loss_unit} "
                   f"lr {lr:.2e} gnorm {grad_norm:.3f} {w['samples_per_s']:.1f} samples/s "
                   f"data wait {1000 * w['data_wait_s']:.1f} ms/step")
@@ -268,13 +272,12 @@ class Trainer:
             return
         val = {k: v for k, v in metrics.items() if k in self.task.val_keys}
         with tempfile.TemporaryDirectory() as tmp:
-            written = self.ckpt.write(Path(tmp), model=self.raw_model, optimizer=self.optimizer,
+            written = self.ckpt.write(tmp, model=self.raw_model, optimizer=self.optimizer,
                                       scheduler=self.sched, step=self.step, metrics=val,
                                       nonfinite_steps=self.nonfinite_total, rng_per_rank=rng_per_rank)
             self.rt.report(metrics, written)
         self.board.flush()
-        local = self.run_dir.local
-        self.faults.after_checkpoint(self.step, self.rank, None if local is None else local / written.name)
+        self.faults.after_checkpoint(self.step, self.rank, storage.join(self.run_dir.root, name_of(written)))
 
     def finish(self) -> None:
         """After the last step (also when a finished run is re-run): a classify run's test accuracy on

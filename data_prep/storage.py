@@ -102,6 +102,34 @@ def isfile(path) -> bool:
         raise _wrap("stat", path, e) from e
 
 
+def isdir(path) -> bool:
+    """A local directory, or a URI prefix holding at least one object (object stores have no folders)."""
+    if not is_uri(path):
+        return local_path(path).is_dir()
+    fs, p = filesystem(path)
+    try:
+        fs.invalidate_cache(p)
+        return fs.isdir(p)
+    except Exception as e:  # noqa: BLE001
+        raise _wrap("stat", path, e) from e
+
+
+def mtime_ns(path) -> int:
+    """Modification time in ns (0 when missing); an object's upload time on object stores."""
+    if not is_uri(path):
+        p = local_path(path)
+        return p.stat().st_mtime_ns if p.exists() else 0
+    fs, p = filesystem(path)
+    try:
+        info = fs.info(p)
+    except FileNotFoundError:
+        return 0
+    except Exception as e:  # noqa: BLE001
+        raise _wrap("stat", path, e) from e
+    stamp = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    return int(stamp.timestamp() * 1e9) if hasattr(stamp, "timestamp") else int(float(stamp or 0) * 1e9)
+
+
 def size(path) -> int:
     if not is_uri(path):
         return local_path(path).stat().st_size

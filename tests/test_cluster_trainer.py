@@ -112,7 +112,7 @@ def test_torn_checkpoint_in_one_process_falls_back_and_matches_clean(tmp_path, s
         ck.validate_checkpoint(torn)
     again = _run(tmp_path, shards, "torn", faults=plan)
     assert again[0]["resumed_from"] == 2 and again[0]["resume_skipped_invalid"] == 1
-    names = [d.name for d in ck.list_checkpoints(run_dir)]
+    names = [ck.name_of(d) for d in ck.list_checkpoints(run_dir)]
     assert any(n.startswith(torn.name + "-r") for n in names), names  # rewritten under a new name
     _assert_same(clean, _latest(tmp_path, "torn"))
 
@@ -136,7 +136,7 @@ def test_nan_steps_are_skipped_counted_and_stop_after_the_limit(tmp_path, shards
 def test_checkpoints_store_the_manifest_sample_rate_and_keep_the_newest(tmp_path, shards):
     _run(tmp_path, shards, "keep", ["training.max_steps=4", "checkpoint.every=1", "checkpoint.keep=2"])
     run_dir = tmp_path / "runs" / "keep"
-    assert [d.name for d in ck.list_checkpoints(run_dir)] == [ck.checkpoint_dir_name(3), ck.checkpoint_dir_name(4)]
+    assert [ck.name_of(d) for d in ck.list_checkpoints(run_dir)] == [ck.checkpoint_dir_name(3), ck.checkpoint_dir_name(4)]
     state = _latest(tmp_path, "keep")
     assert state["sample_rate"] == load_manifest(shards)["sample_rate"] == 16000
     assert state["data"] == {"seed": 0, "step": 4, "world_size": 1} and len(state["rng"]["per_rank"]) == 1

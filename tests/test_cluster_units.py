@@ -138,7 +138,7 @@ def test_latest_checkpoint_by_step(tmp_path):
         d.mkdir()
         (d / ck.STATE_FILE).write_bytes(b"x")
     (tmp_path / ck.checkpoint_dir_name(500)).mkdir()  # incomplete: no state file
-    assert ck.latest_checkpoint(tmp_path).name == ck.checkpoint_dir_name(100)
+    assert ck.name_of(ck.latest_checkpoint(tmp_path)) == ck.checkpoint_dir_name(100)
 
 
 def _opt(lr=1.0):

@@ -117,7 +117,7 @@ def test_torn_checkpoint_falls_back_to_previous_valid_one(env, clean):
     assert info.metrics["resume_skipped_invalid"] == 1
     run_dir = Path(info.run_dir)
     torn = ck.checkpoint_dir_name(4)
-    names = [d.name for d in ck.list_checkpoints(run_dir)]
+    names = [ck.name_of(d) for d in ck.list_checkpoints(run_dir)]
     assert torn in names and any(n.startswith(torn + "-r") for n in names), names  # rewritten under a new name
     _assert_all_checkpoints_valid_or_known_torn(run_dir, torn=[torn])
     _same_params(clean.checkpoint_dir, info.checkpoint_dir)

@@ -83,7 +83,7 @@ def test_torn_newest_checkpoint_falls_back_to_newest_valid(tmp_path, damage):
         f.write_bytes(os.urandom(2000))
     lines = []
     state, used, problems = ck.resolve_resume(newest, run, log=lines.append)
-    assert used == run / ck.checkpoint_dir_name(4) and state["step"] == 4
+    assert used == str(run / ck.checkpoint_dir_name(4)) and state["step"] == 4
     assert len(problems) == 1 and str(newest) in problems[0]
     assert any("invalid" in ln and str(newest) in ln for ln in lines)
     assert any("falling back" in ln and ck.checkpoint_dir_name(4) in ln for ln in lines)
@@ -108,7 +108,7 @@ def test_valid_candidate_is_used_unless_storage_has_a_newer_complete_one(tmp_pat
     run = _run_dir(tmp_path)
     lines = []
     state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(6), run, log=lines.append)
-    assert used.name == ck.checkpoint_dir_name(6) and state["step"] == 6 and problems == [] and lines == []
+    assert ck.name_of(used) == ck.checkpoint_dir_name(6) and state["step"] == 6 and problems == [] and lines == []
     # a worker SIGKILLed just after checkpoint 6 was persisted: Ray only registered 4 (or nothing)
     state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(4), run, log=lines.append)
     assert state["step"] == 6 and problems == [] and "newer than the one Ray registered" in lines[-1]
@@ -121,7 +121,7 @@ def test_suffixed_checkpoint_after_fallback_sorts_after_torn_one(tmp_path):
     run = _run_dir(tmp_path, steps=(2, 4))
     (run / ck.checkpoint_dir_name(4) / ck.STATE_FILE).write_bytes(b"")
     ck.save_checkpoint_dir(run / ck.checkpoint_dir_name(4, "r123"), _state(4))
-    assert [d.name for d in ck.list_checkpoints(run)][-1] == ck.checkpoint_dir_name(4, "r123")
+    assert [ck.name_of(d) for d in ck.list_checkpoints(run)][-1] == ck.checkpoint_dir_name(4, "r123")
     assert ck.step_of_dir(run / ck.checkpoint_dir_name(4, "r123")) == 4
     assert ck.step_of_dir(run / "tensorboard") is None
 

@@ -7,13 +7,14 @@ from .format import (FORMAT_VERSION, STATE_FILE, CheckpointError, FormatVersionE
 from .load import LoadedCheckpoint, load_checkpoint
 from .manager import CheckpointManager, capture_rng, restore_rng
 from .store import (checkpoint_dir_name, copy_checkpoint_dir, latest_checkpoint, list_checkpoints, load_state,
-                    prune, resolve_resume, save_checkpoint_dir, state_file, step_of_dir, validate_checkpoint)
+                    name_of, prune, resolve_resume, save_checkpoint_dir, state_file, step_of_dir,
+                    validate_checkpoint)
 
 __all__ = [
     "FORMAT_VERSION", "STATE_FILE", "CheckpointError", "CheckpointManager", "CheckpointMismatchError",
     "FormatVersionError", "LoadedCheckpoint", "NonFiniteCheckpointError", "Payload", "WrongTaskError",
     "capture_rng", "check_compatible", "check_finite", "checkpoint_dir_name", "config_mismatch",
     "copy_checkpoint_dir", "job_of", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_state",
-    "make_payload", "nonfinite_entries", "prune", "resolve_resume", "restore_rng", "save_checkpoint_dir",
+    "make_payload", "name_of", "nonfinite_entries", "prune", "resolve_resume", "restore_rng", "save_checkpoint_dir",
     "state_file", "step_of_dir", "task_name", "validate_checkpoint",
 ]

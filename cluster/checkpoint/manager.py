@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from data_prep import storage
+
 from ..config import JobConfig
-from ..dist import gather_objects
+from ..dist import broadcast_object, gather_objects
 from ..seeds import mix_seed, seed_all
 from .compat import check_compatible
 from .format import NonFiniteCheckpointError, Payload, job_of, make_payload, nonfinite_entries
-from .store import checkpoint_dir_name, resolve_resume, save_checkpoint_dir, validate_checkpoint
+from .store import checkpoint_dir_name, name_of, resolve_resume, save_checkpoint_dir, validate_checkpoint
 
 RNG_STREAM = 17  # mix_seed tag of the per-rank RNG stream after a fresh start
 
@@ -50,10 +51,10 @@ def restore_rng(state: dict) -> None:
 
 
 class CheckpointManager:
-    """Save policy and resume policy of one run, for one rank. `run_dir` is None on remote storage;
+    """Save policy and resume policy of one run, for one rank. `run_dir`: a local path or a URI;
     `log` prints progress (the trainer passes a rank-0-only one)."""
 
-    def __init__(self, job: JobConfig, run_dir: Path | None, rank: int, world: int, sample_rate: int | None,
+    def __init__(self, job: JobConfig, run_dir: str | None, rank: int, world: int, sample_rate: int | None,
                  log: Callable[[str], None]):
         self.job, self.run_dir, self.rank, self.world = job, run_dir, rank, world
         self.sample_rate, self.log = sample_rate, log
@@ -64,22 +65,33 @@ class CheckpointManager:
     def due(self, step: int) -> bool:
         return step % self.job.checkpoint.every == 0 or step == self.job.training.max_steps
 
-    def resume_state(self, offered: Path | None) -> Payload | None:
+    def resume_state(self, offered: str | None) -> Payload | None:
         """The newest valid checkpoint of this run (or `checkpoint.init_from` when it has none), checked
-        against the job's config; None for a fresh start. `offered`: what the runtime handed out."""
+        against the job's config; None for a fresh start. `offered`: what the runtime handed out.
+
+        Rank 0 alone looks at storage and decides; every rank then loads the checkpoint it named. Ranks
+        listing a shared or eventually consistent store on their own could pick different ones and
+        deadlock DDP (a collective: every rank calls this once, at the start)."""
+        choice = self._choose(offered) if self.rank == 0 else None
+        used, self.suffix, self.skipped_invalid = broadcast_object(choice or (None, "", 0), self.world)
+        if used is None:
+            return None
+        state = validate_checkpoint(used)  # rank 0 validated it already; the others read it now
+        check_compatible(job_of(state), self.job.to_dict(), used)
+        return state
+
+    def _choose(self, offered: str | None) -> tuple[str | None, str, int]:
+        """Rank 0: (checkpoint to resume from or None, name suffix for new checkpoints, invalid ones skipped)."""
         state, used, problems = resolve_resume(offered, self.run_dir, log=self.log)
         if state is None and self.job.checkpoint.init_from:  # nothing of our own yet: branch off it
-            used = Path(self.job.checkpoint.init_from)
+            used = self.job.checkpoint.init_from
             state = validate_checkpoint(used)
             self.log(f"starting from checkpoint.init_from {used} (step {state['step']})")
         if state is None:
-            return None
-        check_compatible(job_of(state), self.job.to_dict(), used)
-        if problems:
-            self.suffix, self.skipped_invalid = f"r{int(time.time())}", len(problems)
+            return None, "", 0
         self.log(f"resumed from checkpoint at step {state['step']}" + (
-            f" ({used.name}, after skipping {len(problems)} invalid checkpoint(s))" if problems else ""))
-        return state
+            f" ({name_of(used)}, after skipping {len(problems)} invalid checkpoint(s))" if problems else ""))
+        return str(used), (f"r{int(time.time())}" if problems else ""), len(problems)
 
     def restore_rng(self, state: Payload | None, step: int) -> None:
         """This rank's RNG as saved, or (fresh start, other world size) a pure function of (seed, rank, step)."""
@@ -98,8 +110,8 @@ class CheckpointManager:
                 f"job {self.job.name!r}: weights are non-finite at step {step} ({', '.join(bad[:5])}); refusing "
                 f"to save a checkpoint. The last good one is kept in {self.run_dir or self.job.checkpoint.storage}")
 
-    def write(self, directory: Path, *, model, optimizer, scheduler, step: int, metrics: dict,
-              nonfinite_steps: int, rng_per_rank: list) -> Path:
+    def write(self, directory: str, *, model, optimizer, scheduler, step: int, metrics: dict,
+              nonfinite_steps: int, rng_per_rank: list) -> str:
         """Write this step's checkpoint as `directory/<checkpoint name>/state.pt` (rank 0); returns that dir."""
         rng = capture_rng()
         rng["per_rank"] = rng_per_rank
@@ -107,7 +119,7 @@ class CheckpointManager:
                                scheduler_state=scheduler.state_dict(), step=step, data_seed=self.job.seed,
                                world_size=self.world, job=self.job.to_dict(), rng=rng, sample_rate=self.sample_rate,
                                metrics=metrics, nonfinite_steps=nonfinite_steps)
-        out = directory / checkpoint_dir_name(step, self.suffix)
+        out = storage.join(directory, checkpoint_dir_name(step, self.suffix))
         save_checkpoint_dir(out, payload)
         return out
 

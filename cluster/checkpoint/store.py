@@ -1,52 +1,31 @@
 """Checkpoint files on storage: the atomic writer, reading and validating, listing a run's checkpoints,
 and choosing the newest valid one to resume from (falling back past torn ones).
 
-Layout: `<run dir>/checkpoint_step<9 digits>[-<suffix>]/state.pt`. Every filesystem operation goes
-through `LocalFS` (exists, list, open, atomic write, remove), the seam where a URI filesystem goes.
+Layout: `<run dir>/checkpoint_step<9 digits>[-<suffix>]/state.pt`. The run dir is a local path or a
+URI (s3://..., any fsspec filesystem): every operation goes through `data_prep.storage`, and paths are
+strings, so a URI is never turned into a local path. On an object store a checkpoint is complete when
+its state.pt object exists and loads (one object, uploaded whole).
 """
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import shutil
-from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Callable
 
 import torch
 
-from data_prep.atomicio import atomic_write
+from data_prep import storage
 
 from .format import STATE_FILE, CheckpointError, Payload, check_finite, check_version, validate
 
 _DIR_RE = re.compile(r"^checkpoint_step(\d+)(?:-.*)?$")
 
 
-class LocalFS:
-    """The few filesystem operations the store needs, on local paths."""
-
-    def is_file(self, path: Path) -> bool:
-        return path.is_file()
-
-    def is_dir(self, path: Path) -> bool:
-        return path.is_dir()
-
-    def list_dir(self, path: Path) -> list[Path]:
-        return sorted(path.iterdir()) if path.is_dir() else []
-
-    def mtime_ns(self, path: Path) -> int:
-        return path.stat().st_mtime_ns if path.exists() else 0
-
-    def open_read(self, path: Path) -> BinaryIO:
-        return open(path, "rb")
-
-    def atomic_write(self, path: Path, write: Callable[[BinaryIO], object]) -> Path:
-        return atomic_write(path, write)
-
-    def remove_tree(self, path: Path) -> None:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-FS = LocalFS()
+def name_of(path: str | os.PathLike) -> str:
+    """The last component of a path or URI."""
+    return posixpath.basename(str(path).rstrip("/").replace(os.sep, "/"))
 
 
 def checkpoint_dir_name(step: int, suffix: str = "") -> str:
@@ -55,28 +34,32 @@ def checkpoint_dir_name(step: int, suffix: str = "") -> str:
 
 def step_of_dir(path: str | os.PathLike) -> int | None:
     """The step in a checkpoint directory's name (checkpoint_step<9 digits>[-suffix]), else None."""
-    m = _DIR_RE.match(Path(path).name)
+    m = _DIR_RE.match(name_of(path))
     return int(m.group(1)) if m else None
 
 
-def state_file(path: str | os.PathLike) -> Path:
+def state_file(path: str | os.PathLike) -> str:
     """A checkpoint's state.pt, given its directory or the file itself."""
-    path = Path(path)
-    return path / STATE_FILE if FS.is_dir(path) or not path.suffix else path
+    path = str(path)
+    name = name_of(path)
+    if name == STATE_FILE or (posixpath.splitext(name)[1] and storage.isfile(path)):
+        return path
+    return storage.join(path, STATE_FILE)
 
 
-def save_checkpoint_dir(directory: str | os.PathLike, state: Payload) -> Path:
+def save_checkpoint_dir(directory: str | os.PathLike, state: Payload) -> str:
     """Write state.pt atomically; refuses (NonFiniteCheckpointError, nothing written) non-finite weights."""
     check_finite(state, f"refusing to save checkpoint in {directory} at step {state.get('step')}")
-    return FS.atomic_write(Path(directory) / STATE_FILE, lambda f: torch.save(state, f))
+    return storage.atomic_write(storage.join(directory, STATE_FILE), lambda f: torch.save(state, f))
 
 
-def copy_checkpoint_dir(src: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
-    """Copy checkpoint directory `src` into `run_dir` under the same name (atomically, file by file)."""
-    dest = Path(run_dir) / Path(src).name
-    for f in FS.list_dir(Path(src)):
-        with FS.open_read(f) as r:
-            FS.atomic_write(dest / f.name, lambda w: shutil.copyfileobj(r, w))
+def copy_checkpoint_dir(src: str | os.PathLike, run_dir: str | os.PathLike) -> str:
+    """Copy checkpoint directory `src` into `run_dir` under the same name (atomically, file by file;
+    state.pt, the file that makes a checkpoint complete, last)."""
+    dest = storage.join(run_dir, name_of(src))
+    for name in sorted(storage.listdir(src), key=lambda n: n == STATE_FILE):
+        with storage.open_read(storage.join(src, name)) as r:
+            storage.atomic_write(storage.join(dest, name), lambda w: shutil.copyfileobj(r, w))
     return dest
 
 
@@ -84,7 +67,7 @@ def load_state(path: str | os.PathLike, map_location="cpu") -> Payload:
     """Load a checkpoint (a run's checkpoint directory or its state.pt) with weights_only=True; an
     older or newer format raises FormatVersionError naming the file."""
     file = state_file(path)
-    with FS.open_read(file) as f:
+    with storage.open_read(file) as f:
         state = torch.load(f, map_location=map_location, weights_only=True)
     check_version(state, file)
     return state
@@ -94,10 +77,9 @@ def validate_checkpoint(path: str | os.PathLike, map_location="cpu") -> Payload:
     """Load a checkpoint and check it is complete and finite; raise CheckpointError naming the file.
     Catches what a crash mid-write leaves behind: missing or truncated state.pt, a zip with a
     missing record, a payload without the keys every checkpoint has, NaN/Inf weights."""
-    path = Path(path)
     file = state_file(path)
-    if not FS.is_file(file):
-        listing = f" (checkpoint directory has {[p.name for p in FS.list_dir(path)]})" if FS.is_dir(path) else ""
+    if not storage.isfile(file):
+        listing = f" (checkpoint directory has {storage.listdir(path)})" if storage.isdir(path) else ""
         raise CheckpointError(f"{file}: missing{listing}")
     try:
         state = load_state(file, map_location)
@@ -109,30 +91,32 @@ def validate_checkpoint(path: str | os.PathLike, map_location="cpu") -> Payload:
     return validate(state, file)
 
 
-def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoint directories of a run, oldest first: by step, then by modification time (a directory
-    written after a fallback resume carries a suffix and may share its step with a torn one)."""
-    found = [d for d in FS.list_dir(Path(run_dir)) if FS.is_dir(d) and step_of_dir(d) is not None]
-    return sorted(found, key=lambda d: (step_of_dir(d), FS.mtime_ns(d), d.name))
+def list_checkpoints(run_dir: str | os.PathLike) -> list[str]:
+    """Checkpoint directories of a run, oldest first: by step, then by when their state.pt was written
+    (a directory written after a fallback resume carries a suffix and may share its step with a torn one)."""
+    found = [storage.join(run_dir, n) for n in storage.listdir(run_dir) if step_of_dir(n) is not None]
+    found = [d for d in found if storage.isdir(d)]
+    written = {d: storage.mtime_ns(state_file(d)) for d in found}
+    return sorted(found, key=lambda d: (step_of_dir(d), written[d], name_of(d)))
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
     """Newest checkpoint directory under a run dir that has a state file (not checked for validity)."""
-    found = [d for d in list_checkpoints(run_dir) if FS.is_file(d / STATE_FILE)]
+    found = [d for d in list_checkpoints(run_dir) if storage.isfile(state_file(d))]
     return found[-1] if found else None
 
 
-def prune(run_dir: str | os.PathLike, keep: int) -> list[Path]:
+def prune(run_dir: str | os.PathLike, keep: int) -> list[str]:
     """Delete all but the newest `keep` checkpoint directories of a run; returns the deleted ones.
     (Under Ray, Ray keeps `keep` itself: this serves runs without Ray.)"""
     old = list_checkpoints(run_dir)[:-keep]
     for d in old:
-        FS.remove_tree(d)
+        storage.remove(d, recursive=True)
     return old
 
 
 def resolve_resume(candidate: str | os.PathLike | None, run_dir: str | os.PathLike | None,
-                   log: Callable[[str], None] = print) -> tuple[Payload | None, Path | None, list[str]]:
+                   log: Callable[[str], None] = print) -> tuple[Payload | None, str | None, list[str]]:
     """Pick the checkpoint to resume from: the newest *valid* one among `candidate` (what the runtime
     offers, e.g. Ray's get_checkpoint(), possibly None) and the checkpoint directories in `run_dir`.
 
@@ -144,13 +128,14 @@ def resolve_resume(candidate: str | os.PathLike | None, run_dir: str | os.PathLi
     []) when there is nothing to resume. Raises CheckpointError if checkpoints exist but none is valid."""
     cands = list_checkpoints(run_dir) if run_dir else []
     if candidate is not None:
-        candidate = Path(candidate)
+        candidate = str(candidate)
         if not any(_same_path(candidate, d) for d in cands):
-            cands.append(candidate)  # remote storage: a downloaded copy, the only one we know of
+            cands.append(candidate)  # a checkpoint outside the run dir: the only one we know of
     if not cands:
         return None, None, []
     problems = []
-    newest_first = sorted(cands, key=lambda d: (-1 if step_of_dir(d) is None else step_of_dir(d), FS.mtime_ns(d)),
+    written = {d: storage.mtime_ns(state_file(d)) for d in cands}
+    newest_first = sorted(cands, key=lambda d: (-1 if step_of_dir(d) is None else step_of_dir(d), written[d]),
                           reverse=True)
     for d in newest_first:
         try:
@@ -161,24 +146,26 @@ def resolve_resume(candidate: str | os.PathLike | None, run_dir: str | os.PathLi
             continue
         _explain_choice(d, state["step"], candidate, run_dir, problems, log)
         return state, d, problems
-    raise CheckpointError(f"no valid checkpoint to resume from in {run_dir or candidate.parent}: "
+    raise CheckpointError(f"no valid checkpoint to resume from in {run_dir or storage.join(candidate, '..')}: "
                           + "; ".join(problems) + " -- delete the broken checkpoint directories or start over "
                           "with --fresh")
 
 
-def _explain_choice(used: Path, step: int, candidate: Path | None, run_dir, problems: list[str], log) -> None:
+def _explain_choice(used: str, step: int, candidate: str | None, run_dir, problems: list[str], log) -> None:
     if problems:
         log(f"falling back to the newest valid checkpoint {used} (step {step}); "
             f"skipped {len(problems)} invalid checkpoint(s)")
     if candidate is None:
         log(f"Ray offered no checkpoint; resuming from {used} (step {step}) found in {run_dir}")
     elif not _same_path(candidate, used) and step > (step_of_dir(candidate) or -1):
-        log(f"storage holds a complete checkpoint {used.name} newer than the one Ray registered "
-            f"({candidate.name}; the worker died before Ray recorded it): resuming from step {step}")
+        log(f"storage holds a complete checkpoint {name_of(used)} newer than the one Ray registered "
+            f"({name_of(candidate)}; the worker died before Ray recorded it): resuming from step {step}")
 
 
-def _same_path(a: Path, b: Path) -> bool:
+def _same_path(a: str, b: str) -> bool:
+    if storage.is_uri(a) or storage.is_uri(b):
+        return a.rstrip("/") == b.rstrip("/")
     try:
-        return a.resolve() == b.resolve()
+        return os.path.realpath(a) == os.path.realpath(b)
     except OSError:
         return a == b
