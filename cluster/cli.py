@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .config import JobConfigError
+from .stops import RunStoppedError
 from .driver import train_and_sample
 from .jobs import load_job
 
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except JobConfigError as e:
         print(f"sashimi-train: error: {e}", file=sys.stderr)
         return 2
+    except RunStoppedError as e:
+        print(f"sashimi-train: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

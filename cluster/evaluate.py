@@ -19,6 +19,7 @@ import ray
 import torch
 from tqdm import tqdm
 
+from data_prep import storage
 from data_prep.manifest import ManifestError, load_manifest, shard_paths
 from data_prep.reader import BadDataError, BadSamplePolicy, samples
 from sashimi.metrics import nll_bits_sum, shift_inputs
@@ -71,7 +72,7 @@ def score_shards(model, quantization: str, shards: list[str], batch: int = 1, de
     rng = random.Random(0)  # unused: crop=None scores the whole clip from its start
     for raw, sample in samples(shards, BadSamplePolicy("stop")):
         tokens, mask = tokens_from_sample(sample, None, quantization, rng)
-        source = str(sample.meta.get("source", Path(raw["__url__"]).name))
+        source = str(sample.meta.get("source", os.path.basename(raw["__url__"])))
         if pending and (len(pending) == batch or pending[0][0].shape != tokens.shape):
             _score_batch(model, pending, device, files)
             bar.update(len(pending))
@@ -120,7 +121,7 @@ def eval_with_ray(checkpoint: str, shards: list[str], workers: int, batch: int, 
 
 def _run_tasks(checkpoint, shards, workers, batch, progress) -> dict:
     task = ray.remote(num_cpus=1)(eval_shards)
-    refs = [task.remote(str(Path(checkpoint).resolve()), part, batch, 1) for part in split_round_robin(shards, workers)]
+    refs = [task.remote(storage.absolute(checkpoint), part, batch, 1) for part in split_round_robin(shards, workers)]
     results, left = [], list(refs)
     bar = tqdm(total=len(refs), desc=f"eval ({len(refs)} ray tasks)", unit="task", file=sys.stderr,
                disable=not progress)
@@ -176,8 +177,8 @@ def main(argv=None) -> int:
     except (CheckpointError, ManifestError, BadDataError) as e:
         print(f"sashimi-eval: {e}", file=sys.stderr)
         return 2
-    report = {"checkpoint": str(Path(a.checkpoint).resolve()), "step": step, "job": job.name,
-              "data": str(Path(a.data).resolve()), "split": a.split, "shards": len(shards),
+    report = {"checkpoint": storage.absolute(a.checkpoint), "step": step, "job": job.name,
+              "data": storage.absolute(a.data), "split": a.split, "shards": len(shards),
               "quantization": quant, "unit": "bits per byte (8-bit token), padding excluded",
               "workers": a.workers, "seconds": round(time.perf_counter() - t0, 3), **summarise(res["files"])}
     o = report["overall"]

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from data_prep import storage
 from data_prep.audio_io import BadAudio, load_mono
 from sashimi.generate import conv_log_probs, generate
 from sashimi.quantize import minmax_scale, quantize
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
     score_s = time.perf_counter() - t1
     sps = full.shape[0] * n / gen_s
     report = {
-        "checkpoint": str(Path(a.checkpoint).resolve()), "step": step, "job": job.name,
+        "checkpoint": storage.absolute(a.checkpoint), "step": step, "job": job.name,
         "quantization": quant, "sample_rate": rate, "sample_rate_from": rate_from,
         "prime": None if prime is None else {"file": str(a.prime), "samples": P, "seconds": P / rate},
         "generated_samples": n, "batch": a.batch, "temperature": a.temperature, "top_p": a.top_p, "seed": seed,

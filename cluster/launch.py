@@ -18,6 +18,7 @@ from .config import JobConfig
 from .connect import connect_ray
 from .prepare import prepare
 from .rundir import RunDir
+from .stops import RunStoppedError
 from .worker import train_fn
 
 @dataclass
@@ -66,6 +67,8 @@ def run(job: JobConfig, where: str = "<job>", fresh: bool = False, num_cpus: int
         if started:
             ray.shutdown()
     # Ray's path has lost the URI scheme on object storage ("bucket/runs/..."): rebuild it in the run dir
+    if (result.metrics or {}).get("fatal"):
+        raise RunStoppedError(f"job {job.name!r} stopped for good (not retried): {result.metrics['fatal']}")
     ckpt = storage.join(run_dir.root, name_of(result.checkpoint.path)) if result.checkpoint is not None else None
     info = RunInfo(run_dir=run_dir.root, tensorboard_dir=run_dir.tensorboard,
                    checkpoint_dir=ckpt, metrics=dict(result.metrics or {}), seconds=time.time() - t0,

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from data_prep import storage
 from data_prep.manifest import ManifestError, shard_paths
 from data_prep.reader import BadDataError, BadSamplePolicy, samples
 from sashimi.generate import generate
@@ -106,7 +107,7 @@ def cmd_classify_eval(a) -> int:
     r = ClassifyTask().evaluate(model, batches, torch.device("cpu"), contextlib.nullcontext)
     if not r["examples"]:
         raise ValueError(f"{a.data}: split {a.split!r} holds no digits")
-    result = {"checkpoint": str(Path(a.checkpoint).resolve()), "split": a.split, "examples": r["examples"],
+    result = {"checkpoint": storage.absolute(a.checkpoint), "split": a.split, "examples": r["examples"],
               "accuracy": r["val_accuracy"], "loss": r["val_loss"]}
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -14,6 +14,7 @@ from data_prep.shard import shard_folder
 
 from .checkpoint import CheckpointError, FormatVersionError, config_mismatch, job_of, list_checkpoints, name_of, \
     validate_checkpoint
+from . import stops
 from .config import JobConfig, JobConfigError
 from .rundir import RunDir, is_uri
 
@@ -31,6 +32,7 @@ def prepare(job: JobConfig, where: str, fresh: bool = False, log=print) -> dict:
     if fresh and storage.exists(run_dir.root):
         log(f"[sashimi] --fresh: deleting {run_dir.root}")
         storage.remove(run_dir.root, recursive=True)
+    stops.clear(run_dir, log)
     check_resume_compatible(job, run_dir.root, where, log)
     if job.checkpoint.init_from:
         check_init_from(job, where)

@@ -5,6 +5,7 @@
         tensorboard/                                 rank 0's TensorBoard events
         samples/step<9 digits>.wav                   the WAV sashimi-train writes at the end
         test_result.json                             a classify run's final test accuracy
+        FATAL.json                                   why the run stopped for good (cluster.stops)
 
 `checkpoint.storage` may be a URI (s3://..., any fsspec filesystem): Ray persists checkpoints there, and
 everything this project writes itself (TensorBoard events, the WAV, the test result) goes there through
@@ -20,6 +21,7 @@ from data_prep.storage import is_uri, join
 TENSORBOARD = "tensorboard"
 SAMPLES = "samples"
 TEST_RESULT_FILE = "test_result.json"
+FATAL_FILE = "FATAL.json"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class RunDir:
     @property
     def tensorboard(self) -> str:
         return join(self.root, TENSORBOARD)
+
+    @property
+    def fatal(self) -> str:
+        return join(self.root, FATAL_FILE)
 
     @property
     def test_result(self) -> str:

@@ -27,6 +27,7 @@ import yaml
 from data_prep import storage
 from sashimi.optim import make_optimizer
 
+from . import stops
 from .checkpoint import CheckpointManager, name_of
 from .config import JobConfig
 from .data import train_loader, val_batches
@@ -36,11 +37,12 @@ from .meter import StepMeter, memory_metrics
 from .rundir import RunDir
 from .schedule import LRSchedule
 from .seeds import mix_seed, seed_all
+from .stops import FatalTrainingError
 from .tasks import finish_classify, task_of, tb_tag
 from .tboard import Board
 
 
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(FatalTrainingError):
     """Too many consecutive steps with NaN/Inf loss or gradients."""
 
 
@@ -131,12 +133,23 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     def run(self) -> None:
-        self.resume()
-        if self.rank == 0:
-            self.board = self._open_board()
-        self.model.train()
-        while self.step < self.job.training.max_steps:
-            self._run_segment()
+        """Resume, train to max_steps, finish. An error retrying cannot fix is recorded in the run dir
+        (cluster.stops); after the restart that follows, every rank reports it and returns."""
+        reason = stops.recorded(self.run_dir, self.rank, self.world)
+        if reason is not None:
+            self.say0(f"not retrying: {reason}")
+            self.rt.report({"fatal": reason, "step": self.step}, None)
+            return
+        try:
+            self.resume()
+            if self.rank == 0:
+                self.board = self._open_board()
+            self.model.train()
+            while self.step < self.job.training.max_steps:
+                self._run_segment()
+        except stops.FATAL_ERRORS as e:
+            stops.record(self.run_dir, e, self.rank)
+            raise
         self.finish()
 
     def _run_segment(self) -> None:

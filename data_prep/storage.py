@@ -52,6 +52,11 @@ def local_path(path: str | os.PathLike) -> Path:
     return Path(s[len("file://"):] if s.lower().startswith("file://") else s)
 
 
+def absolute(path: str | os.PathLike) -> str:
+    """A URI as it is; a local path made absolute (what a report records, and what other processes can use)."""
+    return str(path) if is_uri(path) else str(local_path(path).expanduser().resolve())
+
+
 def join(base: str | os.PathLike, *parts: str) -> str:
     """Join path components: with '/' for URIs (keeping the scheme), os.path.join for local paths."""
     if is_uri(base):
