@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from data_prep import storage
 from data_prep.audio_io import BadAudio, load_mono
-from sashimi.generate import conv_log_probs, generate
+from sashimi.generate import conv_log_probs, generate, should_compile
 from sashimi.quantize import minmax_scale, quantize
 
 from .checkpoint import CheckpointError, load_checkpoint
@@ -74,7 +74,12 @@ def parse_args(argv):
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy argmax")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, help="sampling seed (random if omitted; recorded in the JSON)")
-    p.add_argument("--compile", action="store_true", help="compile each tier's step with Inductor (once, before timing)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--compile", dest="compile", action="store_true", default=None,
+                      help="compile each tier's step with Inductor (once, before timing; kept on disk, so the "
+                           "next run with these weights loads it). Default: compile when the compiled steps are "
+                           "cached or the amount of work (samples x batch) repays a compilation")
+    mode.add_argument("--eager", dest="compile", action="store_false", help="never compile")
     p.add_argument("--sample-rate", type=int, help="override the rate (default: the one stored in the checkpoint)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
@@ -110,7 +115,10 @@ def load_inputs(a) -> tuple:
 def sample(model, a, n: int, prime, seed: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """(tokens with the prime in front, the sampler's log-probs, compile seconds, generation seconds)."""
     compile_s = 0.0
-    if a.compile:  # compile every tier at this batch size first, so the timing below is steady state
+    if a.compile is None:
+        steps = n + (0 if prime is None else prime.shape[1])
+        a.compile = should_compile(model, steps, a.batch, sample_in_step=a.top_p >= 1 or a.temperature <= 0)
+    if a.compile:  # compile (or load) every tier at this batch size first, so the timing below is steady state
         t0 = time.perf_counter()
         generate(model, 2 * model.config.total_pool, batch=a.batch, temperature=a.temperature, top_p=a.top_p,
                  seed=0, threads=a.threads, compile=True)

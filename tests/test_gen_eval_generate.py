@@ -127,3 +127,22 @@ def test_compiled_cli_equals_eager(tmp_path):
     for a, b in zip(eager["samples"], comp["samples"]):
         assert np.array_equal(np.load(out_e / a["tokens"]), np.load(out_c / b["tokens"]))
         assert b["step_bits_sum"] == pytest.approx(a["step_bits_sum"], rel=1e-5)
+
+
+def test_compile_chosen_by_the_amount_of_work(tmp_path, monkeypatch):
+    """Without --compile/--eager, a short clip with nothing cached runs eager; a cached compiled step
+    (or enough work) makes it compile. The decision is recorded."""
+    from sashimi import SaShiMi
+
+    ckpt, _, _ = make_checkpoint(tmp_path / "ck")
+    common = ["--seconds", "0.05", "--sample-rate", "1000", "--temperature", "0", "--seed", "0"]
+    _, auto = _run(tmp_path / "a", ckpt, *common)
+    assert auto["compile"] is False and auto["compile_seconds"] == 0
+    monkeypatch.setenv("SASHIMI_COMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(SaShiMi, "compiled_step_cached", lambda self, batch, sample_in_step=True: True)
+    monkeypatch.setattr("sashimi.tier_step.CompiledTier.__call__",
+                        lambda self, *a, **k: (_ for _ in ()).throw(RuntimeError("compiled path taken")))
+    with pytest.raises(RuntimeError, match="compiled path taken"):
+        _run(tmp_path / "b", ckpt, *common)
+    _, eager = _run(tmp_path / "c", ckpt, *common, "--eager")
+    assert eager["compile"] is False
