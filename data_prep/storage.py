@@ -87,36 +87,40 @@ def _first_line(exc: Exception) -> str:
     return text[0] if text else ""
 
 
+def _remote(op: str, path, call: Callable):
+    """``call(fs, path_in_fs)`` for a URI; any failure but a missing file becomes a StorageError naming
+    the URI and the operation (endpoint down, credentials refused, ...)."""
+    fs, p = filesystem(path)
+    try:
+        return call(fs, p)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _wrap(op, path, e) from e
+
+
+def _fresh(fs, p: str):
+    fs.invalidate_cache(p)  # another process (another node) may have written since
+    return fs
+
+
 def exists(path) -> bool:
     if not is_uri(path):
         return local_path(path).exists()
-    fs, p = filesystem(path)
-    try:
-        return fs.exists(p)
-    except Exception as e:  # noqa: BLE001  (endpoint down, credentials refused: say which URI)
-        raise _wrap("exists", path, e) from e
+    return _remote("exists", path, lambda fs, p: fs.exists(p))
 
 
 def isfile(path) -> bool:
     if not is_uri(path):
         return local_path(path).is_file()
-    fs, p = filesystem(path)
-    try:
-        return fs.isfile(p)
-    except Exception as e:  # noqa: BLE001
-        raise _wrap("stat", path, e) from e
+    return _remote("stat", path, lambda fs, p: fs.isfile(p))
 
 
 def isdir(path) -> bool:
     """A local directory, or a URI prefix holding at least one object (object stores have no folders)."""
     if not is_uri(path):
         return local_path(path).is_dir()
-    fs, p = filesystem(path)
-    try:
-        fs.invalidate_cache(p)
-        return fs.isdir(p)
-    except Exception as e:  # noqa: BLE001
-        raise _wrap("stat", path, e) from e
+    return _remote("stat", path, lambda fs, p: _fresh(fs, p).isdir(p))
 
 
 def mtime_ns(path) -> int:
@@ -124,13 +128,10 @@ def mtime_ns(path) -> int:
     if not is_uri(path):
         p = local_path(path)
         return p.stat().st_mtime_ns if p.exists() else 0
-    fs, p = filesystem(path)
     try:
-        info = fs.info(p)
+        info = _remote("stat", path, lambda fs, p: fs.info(p))
     except FileNotFoundError:
         return 0
-    except Exception as e:  # noqa: BLE001
-        raise _wrap("stat", path, e) from e
     stamp = info.get("LastModified") or info.get("mtime") or info.get("updated")
     return int(stamp.timestamp() * 1e9) if hasattr(stamp, "timestamp") else int(float(stamp or 0) * 1e9)
 
@@ -138,11 +139,7 @@ def mtime_ns(path) -> int:
 def size(path) -> int:
     if not is_uri(path):
         return local_path(path).stat().st_size
-    fs, p = filesystem(path)
-    try:
-        return int(fs.size(p))
-    except Exception as e:  # noqa: BLE001
-        raise _wrap("stat", path, e) from e
+    return int(_remote("stat", path, lambda fs, p: fs.size(p)))
 
 
 def listdir(path) -> list[str]:
@@ -150,12 +147,7 @@ def listdir(path) -> list[str]:
     if not is_uri(path):
         p = local_path(path)
         return sorted(x.name for x in p.iterdir()) if p.is_dir() else []
-    fs, p = filesystem(path)
-    try:
-        fs.invalidate_cache(p)  # another process (another node) may have written since
-        entries = fs.ls(p, detail=False) if fs.exists(p) else []
-    except Exception as e:  # noqa: BLE001
-        raise _wrap("list", path, e) from e
+    entries = _remote("list", path, lambda fs, p: _fresh(fs, p).ls(p, detail=False) if fs.exists(p) else [])
     return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
 
@@ -163,13 +155,7 @@ def open_read(path) -> BinaryIO:
     """A binary stream of ``path`` (streamed from an object store, not downloaded first)."""
     if not is_uri(path):
         return open(local_path(path), "rb")
-    fs, p = filesystem(path)
-    try:
-        return fs.open(p, "rb")
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise _wrap("open", path, e) from e
+    return _remote("open", path, lambda fs, p: fs.open(p, "rb"))
 
 
 def read_bytes(path) -> bytes:
@@ -185,17 +171,13 @@ def atomic_write(path, write: Callable[[BinaryIO], object]) -> str:
     """Write ``path`` so that a reader sees the whole new content or none of it (see module doc)."""
     if not is_uri(path):
         return str(_local_atomic_write(local_path(path), write))
-    fs, p = filesystem(path)
     # Staged in a local temp file and uploaded only once ``write`` has succeeded: an fsspec file
     # closed by an exception would upload what it had. One PUT (or a multipart upload, visible
     # only when completed) makes the object appear whole.
     with tempfile.NamedTemporaryFile(prefix="sashimi-upload-") as tmp:
         write(tmp)
         tmp.flush()
-        try:
-            fs.put_file(tmp.name, p)
-        except Exception as e:  # noqa: BLE001
-            raise _wrap("write", path, e) from e
+        _remote("write", path, lambda fs, p: fs.put_file(tmp.name, p))
     return str(path)
 
 
@@ -227,12 +209,7 @@ def remove(path, recursive: bool = False) -> None:
         elif p.exists():
             p.unlink()
         return
-    fs, p = filesystem(path)
-    try:
-        if fs.exists(p):
-            fs.rm(p, recursive=recursive)
-    except Exception as e:  # noqa: BLE001
-        raise _wrap("delete", path, e) from e
+    _remote("delete", path, lambda fs, p: fs.rm(p, recursive=recursive) if fs.exists(p) else None)
 
 
 def makedirs(path) -> None:

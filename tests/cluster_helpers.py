@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import struct
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,8 @@ import yaml
 
 from cluster.checkpoint import capture_rng, make_payload, save_checkpoint_dir
 from cluster.config import job_from_dict
+from cluster.jobs import load_job
+from cluster.launch import run
 from data_prep.demo import make_demo_corpus
 from data_prep.shard import shard_folder
 from sashimi import SaShiMi
@@ -105,3 +109,32 @@ def write_mnist_idx(d: Path, n_train: int = 40, n_test: int = 12, seed: int = 0)
             (d / f"{part}-{what}-idx{arr.ndim}-ubyte.gz").write_bytes(gzip.compress(_idx(arr)))
         sets[part] = (x, y)
     return sets
+
+
+def run_with_node_loss(cluster, victim, job_path: Path, ready, add_node, outage_s: float):
+    """Train `job_path` (cluster.launch.run in a thread) and, once `ready()` says the run has a checkpoint,
+    kill node `victim` (raylet and workers SIGKILLed), wait `outage_s`, `add_node()` a replacement.
+    Node surgery stays in the calling thread (Cluster is not thread-safe). -> (RunInfo, events)."""
+    result, events = {}, {}
+
+    def train():
+        try:
+            result["info"] = run(load_job(job_path), str(job_path), log=lambda *a: None)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            result["error"] = e
+
+    t = threading.Thread(target=train, daemon=True)
+    t.start()
+    deadline = time.time() + 240
+    while time.time() < deadline and t.is_alive() and not ready():
+        time.sleep(0.2)
+    cluster.remove_node(victim, allow_graceful=False)
+    events["removed"] = time.time()
+    time.sleep(outage_s)  # no capacity for a while: the restart must wait for it
+    add_node()
+    events["added"] = time.time()
+    t.join(timeout=300)
+    assert not t.is_alive(), "the run did not finish within 5 minutes of the node coming back"
+    if "error" in result:
+        raise result["error"]
+    return result["info"], events

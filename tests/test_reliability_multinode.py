@@ -5,22 +5,18 @@ later: Ray Train restarts the group from the last checkpoint once capacity is ba
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from cluster import checkpoint as ck
-from cluster.jobs import load_job
-from cluster.launch import run
 from cluster.faults import FAULTS_ENV as TEST_FAULTS_ENV
-from cluster_helpers import make_demo_shards, tiny_job, write_job
+from cluster_helpers import make_demo_shards, run_with_node_loss, tiny_job, write_job
 
 pytestmark = pytest.mark.slow
 
 MAX_STEPS = 16
-NODE = {"num_cpus": 1, "resources": {"sashimi_slot": 1}}
+NODE = {"num_cpus": 1, "resources": {"sashimi_slot": 1}, "node_ip_address": "127.0.0.1"}
 
 
 def test_node_loss_and_return(tmp_path):
@@ -38,39 +34,16 @@ def test_node_loss_and_return(tmp_path):
     path = write_job(tmp_path / "nodeloss.yaml", job)
     plan = {"nodeloss": {"dir": str(tmp_path), "sleep": 0.4}}  # ~0.4 s per step: time to pull a node
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    events = {}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
     try:
         nodes = [cluster.add_node(**NODE) for _ in range(2)]
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, runtime_env={"env_vars": {TEST_FAULTS_ENV: json.dumps(plan)}})
         run_dir = storage / "nodeloss"
 
-        # fit() runs in a thread; the node surgery stays in the main thread (Cluster is not thread-safe)
-        result = {}
-
-        def train():
-            try:
-                result["info"] = run(load_job(path), str(path), log=lambda *a: None)
-            except BaseException as e:  # noqa: BLE001 - re-raised below
-                result["error"] = e
-
-        t = threading.Thread(target=train, daemon=True)
-        t.start()
-        deadline = time.time() + 240
-        while time.time() < deadline and t.is_alive() and not (
-                run_dir / ck.checkpoint_dir_name(2) / ck.STATE_FILE).is_file():
-            time.sleep(0.2)
-        cluster.remove_node(nodes[1], allow_graceful=False)  # the node dies: raylet and its worker SIGKILLed
-        events["removed"] = time.time()
-        time.sleep(5)  # no capacity for a while: the restart must wait for it
-        cluster.add_node(**NODE)
-        events["added"] = time.time()
-        t.join(timeout=300)
-        assert not t.is_alive(), "the run did not finish within 5 minutes of the node coming back"
-        if "error" in result:
-            raise result["error"]
-        info = result["info"]
+        info, events = run_with_node_loss(
+            cluster, nodes[1], path, ready=lambda: (run_dir / ck.checkpoint_dir_name(2) / ck.STATE_FILE).is_file(),
+            add_node=lambda: cluster.add_node(**NODE), outage_s=5)
     finally:
         ray.shutdown()
         cluster.shutdown()
