@@ -13,22 +13,19 @@ import contextlib
 import io
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
-import fsspec
 import torch
 import torch.nn.functional as F
 
 from data_prep import storage
 from data_prep.demo import make_demo_corpus
+from data_prep.local_s3 import moto_server, new_bucket
 from data_prep.publish import publish
 from data_prep.shard import shard_folder
 from sashimi import SaShiMi, SaShiMiConfig
@@ -41,7 +38,6 @@ from .local import run_local
 from .prepare import DEMO_SAMPLE_RATE
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "jobs" / "quickstart.yaml"
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 MOTO_NOTE = ("S3 server: moto, an in-memory Python server on 127.0.0.1 sharing this machine's cores with the "
              "trainer: the figures bound the overhead per byte of the S3 code path from above; they are not a "
              "cloud store's latency or bandwidth.")
@@ -49,33 +45,9 @@ MOTO_NOTE = ("S3 server: moto, an in-memory Python server on 127.0.0.1 sharing t
 
 @contextlib.contextmanager
 def moto_bucket():
-    """Start moto on a free loopback port, point AWS_* at it, yield a fresh bucket URI; stop it after."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto S3 server did not start on {url}") from None
-                time.sleep(0.2)
-        os.environ.update(S3_ENV, AWS_ENDPOINT_URL=url)
-        name = f"bench-{uuid.uuid4().hex[:12]}"
-        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
-        yield f"s3://{name}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    """Start moto on a free loopback port (AWS_* pointed at it), yield a fresh bucket URI; stop it after."""
+    with moto_server():
+        yield new_bucket("bench")
 
 
 def train_once(where: str, shards: str, runs: str, steps: int, tag: str) -> dict:

@@ -5,7 +5,6 @@ later: Ray Train restarts the group from the last checkpoint once capacity is ba
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
