@@ -128,7 +128,7 @@ class SaShiMi(nn.Module):
         ``cache_dir`` (AOTInductor packages on disk, ``compile_cache``) only once per weights.
         Weights and step constants are frozen into the compiled code: a weight change makes new
         constants (``step_constants``), hence new tiers, compiled afresh."""
-        self._compile = (enable, cache_dir, log) if enable else False
+        self._compile = (enable, None if cache_dir is None else Path(cache_dir), log) if enable else False
 
     def _tiers(self, consts: list) -> list:
         """The TierStep of each level for these step constants (and, per tier, the positions of

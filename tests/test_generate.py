@@ -85,7 +85,7 @@ def test_compiled_steps_are_cached_on_disk(tmp_path, monkeypatch):
     and samples the same tokens; other weights, or a broken package, are never loaded."""
     cfg = SaShiMiConfig(d_model=8, n_layers=1, d_state=8, l_max=64, pool=(4,))
     model = SaShiMi(cfg)
-    first = generate(model, 40, temperature=1.0, seed=3, compile=True, cache_dir=tmp_path)
+    first = generate(model, 40, temperature=1.0, seed=3, compile=True, cache_dir=str(tmp_path))  # str or Path
     assert torch.equal(first, generate(model, 40, temperature=1.0, seed=3))  # equals eager
     packages = sorted(tmp_path.glob("*.pt2"))
     assert len(packages) == 2  # one per tier
