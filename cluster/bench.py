@@ -2,7 +2,7 @@
 
 Runs the same small compute-bound job (quickstart model) with 1 and then 2 Ray workers on this machine
 and reports: seconds from `run()` / from `TorchTrainer.fit()` to the first finished optimiser step,
-global samples/s (first step excluded), speed-up, and time per step spent waiting for data."""
+global clips/s and audio samples/s (first step excluded), speed-up, and time per step spent waiting for data."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +35,8 @@ def bench_one(job_path: str, workers: int, steps: int, shards: str, storage: str
         "crop": job.data.crop,
         "run_to_first_step_s": round(m["first_step_unix"] - info.started_unix, 2),
         "fit_to_first_step_s": round(m["first_step_unix"] - info.submitted_unix, 2),
-        "samples_per_s": round(m["perf_samples_per_s"], 2),
+        "clips_per_s": round(m["perf_clips_per_s"], 2),
+        "audio_samples_per_s": round(m["perf_audio_samples_per_s"]),
         "step_time_s": round(m["perf_step_time_s"], 4),
         "data_wait_ms_per_step": round(1000 * m["perf_data_wait_s_per_step"], 2),
         "total_s": round(info.seconds, 1),
@@ -59,15 +60,15 @@ def main(argv: list[str] | None = None) -> int:
                          progress=False)
         rows = [bench_one(args.job, w, args.steps, shards, str(Path(tmp) / "runs"), args.overrides)
                 for w in args.workers]
-    print("\n| workers | global batch | crop | run()→first step (s) | fit()→first step (s) | samples/s | "
-          "step time (s) | data wait (ms/step) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| workers | global batch | crop | run()→first step (s) | fit()→first step (s) | clips/s | "
+          "audio samples/s | step time (s) | data wait (ms/step) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['workers']} | {r['global_batch']} | {r['crop']} | {r['run_to_first_step_s']} | "
-              f"{r['fit_to_first_step_s']} | {r['samples_per_s']} | {r['step_time_s']} | {r['data_wait_ms_per_step']} |")
+              f"{r['fit_to_first_step_s']} | {r['clips_per_s']} | {r['audio_samples_per_s']} | {r['step_time_s']} | {r['data_wait_ms_per_step']} |")
     if len(rows) >= 2:
         print(f"\nspeed-up {rows[-1]['workers']} vs {rows[0]['workers']} worker(s): "
-              f"{rows[-1]['samples_per_s'] / rows[0]['samples_per_s']:.2f}x")
+              f"{rows[-1]['clips_per_s'] / rows[0]['clips_per_s']:.2f}x")
     print(json.dumps(rows))
     return 0
 

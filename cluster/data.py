@@ -118,9 +118,10 @@ def collate(items):
 
 def train_loader(urls: list[str], *, seed: int, rank: int, start_step: int, n_batches: int, batch_size: int,
                  crop: int | None, quantization: str, shuffle_buffer: int = 64, loader_workers: int = 0,
-                 on_bad_sample: str = "skip", n_labels: int | None = None):
+                 on_bad_sample: str = "skip", n_labels: int | None = None, pin_memory: bool = False):
     """Exactly `n_batches` batches (tokens (B, crop) int64, mask (B, crop) bool[, labels (B,) int64 when
-    `n_labels` is set]) for this rank's segment."""
+    `n_labels` is set]) for this rank's segment. `pin_memory` (for a CUDA device) puts each batch in
+    page-locked memory, so the trainer's `.to(device, non_blocking=True)` is an asynchronous copy."""
     seg_seed = mix_seed(seed, rank, start_step)
     policy = BadSamplePolicy(on_bad_sample)
     pipeline = wds.DataPipeline(
@@ -129,7 +130,7 @@ def train_loader(urls: list[str], *, seed: int, rank: int, start_step: int, n_ba
         CropShuffle(seg_seed, crop, quantization, shuffle_buffer, policy, n_labels),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     )
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=loader_workers,
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,
                            persistent_workers=False, prefetch_factor=2 if loader_workers else None)
     return loader.with_epoch(n_batches)
 
@@ -154,12 +155,14 @@ def split_batches(urls: list[str], *, batch_size: int, crop: int | None, quantiz
 
 
 def val_batches(urls: list[str], *, n_batches: int, batch_size: int, crop: int | None, quantization: str,
-                seed: int = 0, on_bad_sample: str = "skip", n_labels: int | None = None) -> list[tuple[torch.Tensor, ...]]:
-    """The first `n_batches` batches of the val split in shard order, with seeded crops: the same
-    examples at every evaluation, so val metrics are comparable across steps and across restarts.
-    (A short last batch is fine: val runs on rank 0 only.)"""
+                seed: int = 0, on_bad_sample: str = "skip", n_labels: int | None = None, rank: int = 0,
+                world: int = 1) -> list[tuple[torch.Tensor, ...]]:
+    """This rank's share of the first `n_batches` batches of the val split in shard order, with seeded
+    crops: the same examples at every evaluation, so val metrics are comparable across steps and across
+    restarts. Rank r of `world` keeps batches r, r + world, ... (shares may differ by one batch, and a
+    short last batch is fine: the trainer merges sums, not means)."""
     if n_batches <= 0:
         return []
     return list(itertools.islice(split_batches(urls, batch_size=batch_size, crop=crop, quantization=quantization,
                                                seed=seed, on_bad_sample=on_bad_sample, n_labels=n_labels),
-                                 n_batches))
+                                 rank, n_batches, world))

@@ -8,19 +8,18 @@ import torch
 import torch.distributed as dist
 
 
-def any_rank(flag: bool, device: torch.device, world: int) -> bool:
-    """True on every rank if `flag` is True on any rank (all-reduce MAX)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def broadcast_from_rank0(values: torch.Tensor, world: int) -> torch.Tensor:
-    """Rank 0's `values` on every rank (in place)."""
+def max_over_ranks(values: torch.Tensor, world: int) -> torch.Tensor:
+    """Element-wise max of `values` over the ranks, in place (one all-reduce MAX)."""
     if world > 1:
-        dist.broadcast(values, src=0)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
+def sum_over_ranks(values: torch.Tensor, world: int) -> torch.Tensor:
+    """Element-wise sum of `values` over the ranks, in place (one all-reduce SUM). Every rank receives
+    the same reduced tensor, so decisions taken from it agree."""
+    if world > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 

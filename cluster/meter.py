@@ -1,6 +1,10 @@
 """Throughput and loss bookkeeping for the trainer: a window per logging interval, totals per attempt
 (the first step excluded: it includes warm-up), and the process's memory. The trainer only hands
-numbers in; TensorBoard scalars and Ray metrics come out."""
+numbers in; TensorBoard scalars and Ray metrics come out.
+
+Loss and gradient norm stay on the device: each step adds them to a device tensor without waiting for
+the GPU, and the window is read back (one host sync) only when it is logged. Throughput is counted in
+clips (sequences) and in audio samples (tokens: clips x crop length), the figure audio papers quote."""
 from __future__ import annotations
 
 import os
@@ -10,40 +14,52 @@ import time
 import torch
 
 
-def _window() -> dict:
-    return {"time": 0.0, "data": 0.0, "steps": 0, "skipped": 0, "loss": 0.0}
-
-
 class StepMeter:
-    def __init__(self, samples_per_step: int):
-        self.samples_per_step = samples_per_step  # global: batch per worker x accumulation x world size
-        self.window = _window()
-        self.totals = {"time": 0.0, "data": 0.0, "steps": 0}
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.window = self._window()
+        self.totals = {"time": 0.0, "data": 0.0, "steps": 0, "clips": 0, "audio": 0}
         self.first_step_unix: float | None = None
 
-    def add(self, seconds: float, data_wait: float, loss: float, skipped: bool) -> bool:
-        """Record one optimiser step; True if it was this attempt's first."""
+    def _window(self) -> dict:
+        # sums: [loss, grad norm] over the window's finite steps, float64 on the device
+        return {"time": 0.0, "data": 0.0, "steps": 0, "skipped": 0, "clips": 0, "audio": 0,
+                "sums": torch.zeros(2, dtype=torch.float64, device=self.device)}
+
+    def add(self, seconds: float, data_wait: float, clips: int, audio_samples: int, loss: torch.Tensor,
+            grad_norm: torch.Tensor, skipped: bool) -> bool:
+        """Record one optimiser step: `clips` and `audio_samples` over all ranks, `loss` and `grad_norm`
+        0-d device tensors (not read here). True if it was this attempt's first step."""
         first = self.first_step_unix is None
         if first:
             self.first_step_unix = time.time()
         else:
-            self.totals["time"] += seconds
-            self.totals["data"] += data_wait
-            self.totals["steps"] += 1
+            t = self.totals
+            t["time"] += seconds
+            t["data"] += data_wait
+            t["steps"] += 1
+            t["clips"] += clips
+            t["audio"] += audio_samples
         w = self.window
         w["time"] += seconds
         w["data"] += data_wait
         w["steps"] += 1
+        w["clips"] += clips
+        w["audio"] += audio_samples
         w["skipped"] += int(skipped)
-        w["loss"] += 0.0 if skipped else loss  # skipped (non-finite) steps do not enter the mean loss
+        if not skipped:  # skipped (non-finite) steps do not enter the means
+            w["sums"] += torch.stack([loss.detach(), grad_norm.detach()]).to(torch.float64)
         return first
 
     def take_window(self) -> dict:
-        """Mean loss, samples/s, step time and data wait since the last call; starts a new window."""
-        w, self.window = self.window, _window()
+        """Mean loss and gradient norm (finite steps), clips/s, audio samples/s, step time and data wait
+        since the last call; starts a new window. The one host sync of a logging interval."""
+        w, self.window = self.window, self._window()
         n, n_ok = w["steps"], w["steps"] - w["skipped"]
-        return {"loss": w["loss"] / n_ok if n_ok else float("nan"),
-                "samples_per_s": n * self.samples_per_step / max(w["time"], 1e-9),
+        loss, grad_norm = w["sums"].tolist()
+        seconds = max(w["time"], 1e-9)
+        return {"loss": loss / n_ok if n_ok else float("nan"), "grad_norm": grad_norm / n_ok if n_ok else float("nan"),
+                "clips_per_s": w["clips"] / seconds, "audio_samples_per_s": w["audio"] / seconds,
                 "step_time_s": w["time"] / n, "data_wait_s": w["data"] / n}
 
     def attempt_metrics(self) -> dict:
@@ -51,7 +67,9 @@ class StepMeter:
         out = {"first_step_unix": self.first_step_unix}
         t = self.totals
         if t["steps"]:
-            out["perf_samples_per_s"] = t["steps"] * self.samples_per_step / t["time"]
+            out["perf_clips_per_s"] = t["clips"] / t["time"]
+            out["perf_audio_samples_per_s"] = t["audio"] / t["time"]
+            out["perf_samples_per_s"] = out["perf_clips_per_s"]  # the old name (clips/s), for cluster/bench_storage.py
             out["perf_step_time_s"] = t["time"] / t["steps"]
             out["perf_data_wait_s_per_step"] = t["data"] / t["steps"]
         return out

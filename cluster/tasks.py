@@ -31,7 +31,7 @@ class GenerateTask:
     name = "generate"
     n_labels = None  # batches without labels
     loss_tag, loss_unit = "train/loss_bits", "bits"
-    val_keys = ("val_nll_bits",)  # broadcast to every rank, in this order
+    val_keys = ("val_nll_bits",)  # reported by every rank (from sums merged over the ranks), in this order
     plateau_key = "val_nll_bits"  # what the plateau schedule watches (lower is better)
 
     def build_model(self, config: SaShiMiConfig) -> torch.nn.Module:
@@ -44,20 +44,28 @@ class GenerateTask:
         return nll_bits(logits, tokens, mask)
 
     @torch.no_grad()
-    def evaluate(self, model, batches, device, autocast) -> dict:
-        """Mean val NLL in bits over all valid positions of `batches` (exact pooled average)."""
+    def val_sums(self, model, batches, device, autocast) -> torch.Tensor:
+        """[total bits, counted positions] over `batches` (float64, on `device`): sums, so shares of the
+        val batches scored on several ranks merge exactly by addition."""
         was_training = model.training
         model.eval()
-        total, count = 0.0, 0
+        sums = torch.zeros(2, dtype=torch.float64, device=device)
         for tokens, mask in batches:
             tokens, mask = tokens.to(device), mask.to(device)
             with autocast():
                 logits = model(shift_inputs(tokens, zero_class()))
             bits, n = nll_bits_sum(logits, tokens, mask)
-            total += bits
-            count += n
+            sums += torch.tensor([bits, n], dtype=torch.float64, device=device)
         model.train(was_training)
-        return {"val_nll_bits": total / max(count, 1)}
+        return sums
+
+    def val_metrics(self, sums: list[float]) -> dict:
+        """Mean val NLL in bits over all valid positions (exact pooled average)."""
+        bits, count = sums
+        return {"val_nll_bits": bits / max(count, 1)}
+
+    def evaluate(self, model, batches, device, autocast) -> dict:
+        return self.val_metrics(self.val_sums(model, batches, device, autocast).tolist())
 
     def val_line(self, res: dict) -> str:
         return f"val NLL {res['val_nll_bits']:.4f} bits"
@@ -80,20 +88,29 @@ class ClassifyTask:
         return F.cross_entropy(logits.float(), labels)
 
     @torch.no_grad()
-    def evaluate(self, model, batches, device, autocast) -> dict:
-        """Accuracy and mean cross-entropy (nats) over every example of `batches`, plus the count."""
+    def val_sums(self, model, batches, device, autocast) -> torch.Tensor:
+        """[cross-entropy sum (nats), correct, examples] over `batches` (float64, on `device`; sums merge
+        over ranks by addition)."""
         was_training = model.training
         model.eval()
-        correct, loss, n = 0, 0.0, 0
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
         for tokens, mask, labels in batches:
             tokens, mask, labels = tokens.to(device), mask.to(device), labels.to(device)
             with autocast():
                 logits = model(tokens, mask).float()
-            correct += int((logits.argmax(-1) == labels).sum())
-            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-            n += len(labels)
+            sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                                 (logits.argmax(-1) == labels).sum().double(),
+                                 torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])
         model.train(was_training)
-        return {"val_loss": loss / max(n, 1), "val_accuracy": correct / max(n, 1), "examples": n}
+        return sums
+
+    def val_metrics(self, sums: list[float]) -> dict:
+        """Accuracy and mean cross-entropy (nats) over every example, plus the count."""
+        loss, correct, n = sums
+        return {"val_loss": loss / max(n, 1), "val_accuracy": correct / max(n, 1), "examples": int(n)}
+
+    def evaluate(self, model, batches, device, autocast) -> dict:
+        return self.val_metrics(self.val_sums(model, batches, device, autocast).tolist())
 
     def val_line(self, res: dict) -> str:
         return f"val accuracy {res['val_accuracy']:.4f} loss {res['val_loss']:.4f} nats ({res['examples']} examples)"

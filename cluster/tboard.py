@@ -43,10 +43,14 @@ class Board:
 
     @torch.no_grad()
     def generated(self, model, n_samples: int, step: int, seed: int) -> torch.Tensor:
-        """Sample `n_samples` tokens; log audio + spectrogram (or a digit image for pixels)."""
+        """Sample `n_samples` tokens; log audio + spectrogram (or a digit image for pixels).
+
+        Step mode compiles when the amount of work repays it (`generate(compile=None)`: a long clip)
+        and runs eager otherwise. Nothing goes to the on-disk compile cache: its packages are keyed by
+        the weights, which differ at every evaluation, so none would ever be loaded again."""
         was_training = model.training
         model.eval()
-        tokens = generate(model, n_samples, batch=1, seed=seed)[0].cpu()
+        tokens = generate(model, n_samples, batch=1, seed=seed, compile=None, cache_dir=None)[0].cpu()
         model.train(was_training)
         if self.quantization == "none":  # pixels: show as a square-ish image
             side = int(round(n_samples ** 0.5))

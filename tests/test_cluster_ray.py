@@ -75,8 +75,9 @@ def test_two_worker_ddp_run(env):
 
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"audio": 0, "images": 0}).Reload()
     tags = acc.Tags()
-    for tag in ("train/loss_bits", "val/nll_bits", "train/lr", "train/grad_norm", "perf/samples_per_s",
-                "perf/step_time_s", "perf/data_wait_s", "memory/rss_mb", "memory/max_rss_mb"):
+    for tag in ("train/loss_bits", "val/nll_bits", "train/lr", "train/lr/ssm", "train/grad_norm", "perf/clips_per_s",
+                "perf/audio_samples_per_s", "perf/step_time_s", "perf/data_wait_s", "perf/generate_s",
+                "memory/rss_mb", "memory/max_rss_mb"):
         assert tag in tags["scalars"], tag
     assert "generated/audio" in tags["audio"] and "generated/spectrogram" in tags["images"]
     assert [e.step for e in acc.Scalars("val/nll_bits")] == [2, 4]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cluster import checkpoint as ck
 from cluster.checkpoint.manager import CheckpointManager
@@ -17,8 +18,11 @@ from cluster.config import job_from_dict
 from cluster.faults import FAULTS_ENV, FaultPlan, NoFaults
 from cluster.jobs import load_job
 from cluster.local import run_local
+from cluster.precision import Precision
 from cluster.prepare import prepare
 from cluster.rundir import RunDir
+from cluster.seeds import seed_all
+from cluster.tasks import task_of
 from cluster.trainer import NonFiniteTrainingError, Runtime, TrainData, Trainer
 from cluster_helpers import assert_same_training_state, make_demo_shards, tiny_job, write_job
 from data_prep.manifest import load_manifest
@@ -172,37 +176,44 @@ def test_fault_plans_are_absent_unless_set_and_checked(monkeypatch):
 
 # ---------------------------------------------------------------- two ranks, no Ray
 
-def _rank(rank, world, port, cfg, out):
+def _rank(rank, world, port, cfg, out, faults=None):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         job = job_from_dict(cfg["job"], "<test>")
         run_dir = RunDir.of(job.checkpoint.storage, job.name).local
-        reports = []
+        reports, metrics = [], []
 
-        def report(metrics, checkpoint_dir):
-            reports.append({"step": metrics["step"], "checkpoint": checkpoint_dir is not None})
+        def report(m, checkpoint_dir):
+            reports.append({"step": m["step"], "checkpoint": checkpoint_dir is not None})
+            metrics.append(dict(m))
             if checkpoint_dir is not None:
                 ck.copy_checkpoint_dir(checkpoint_dir, run_dir)
 
         runtime = Runtime(rank=rank, world_size=world, device=torch.device("cpu"), report=report,
                           prepare_model=torch.nn.parallel.DistributedDataParallel, log=lambda m: None)
-        Trainer(job, runtime, TrainData.from_worker_config(cfg)).run()
+        Trainer(job, runtime, TrainData.from_worker_config(cfg), faults=FaultPlan(faults) if faults else None).run()
         Path(out, f"r{rank}.json").write_text(json.dumps(reports))
+        Path(out, f"m{rank}.json").write_text(json.dumps(metrics))
     finally:
         dist.destroy_process_group()
 
 
-def test_two_ranks_over_torch_distributed_without_ray(tmp_path, shards):
+def _spawn(fn, world, *args):
+    """Run fn(rank, world, port, *args) in `world` forked processes joined by a gloo process group."""
     import torch.multiprocessing as mp
 
-    job, where = _job(tmp_path, shards, "ddp", ["training.max_steps=4", "scaling.num_workers=2"])
-    cfg = prepare(job, where, log=lambda *a: None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_rank, args=(2, port, cfg, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(fn, args=(world, port, *args), nprocs=world, join=True, start_method="fork")
+
+
+def test_two_ranks_over_torch_distributed_without_ray(tmp_path, shards):
+    job, where = _job(tmp_path, shards, "ddp", ["training.max_steps=4", "scaling.num_workers=2"])
+    cfg = prepare(job, where, log=lambda *a: None)
+    _spawn(_rank, 2, cfg, str(tmp_path))
     r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))
     assert r0 == [{"step": 2, "checkpoint": True}, {"step": 4, "checkpoint": True}]
     assert r1 == [{"step": 2, "checkpoint": False}, {"step": 4, "checkpoint": False}]  # same barriers
@@ -210,3 +221,119 @@ def test_two_ranks_over_torch_distributed_without_ray(tmp_path, shards):
     assert state["data"]["world_size"] == 2 and len(state["rng"]["per_rank"]) == 2
     assert not torch.equal(state["rng"]["per_rank"][0]["torch"], state["rng"]["per_rank"][1]["torch"])
     assert os.path.isdir(tmp_path / "runs" / "ddp" / "tensorboard")  # rank 0's board
+
+
+def test_fused_vote_skips_a_nan_step_on_every_rank(tmp_path, shards):
+    """Rank 1 alone gets a NaN loss at step 2: the one-number vote makes both ranks skip that optimiser
+    step and count it, and both go on through the same barriers (weights unchanged across step 2)."""
+    job, where = _job(tmp_path, shards, "ddpnan", ["training.max_steps=3", "scaling.num_workers=2",
+                                                   "checkpoint.every=1", "eval.val_batches=3"])
+    cfg = prepare(job, where, log=lambda *a: None)
+    _spawn(_rank, 2, cfg, str(tmp_path), {"nan": [[1, 2]]})
+    m0, m1 = (json.loads((tmp_path / f"m{r}.json").read_text()) for r in (0, 1))
+    assert [m["nonfinite_steps"] for m in m0] == [m["nonfinite_steps"] for m in m1] == [0, 1, 1]
+    assert m0[1]["val_nll_bits"] == m1[1]["val_nll_bits"]  # every rank derives the same val numbers
+    run_dir = tmp_path / "runs" / "ddpnan"
+    s1, s2, s3 = (ck.validate_checkpoint(run_dir / ck.checkpoint_dir_name(s)) for s in (1, 2, 3))
+    for k in s1["model"]:
+        assert torch.equal(s1["model"][k], s2["model"][k]), k
+    assert any(not torch.equal(s2["model"][k], s3["model"][k]) for k in s2["model"])
+    assert s3["nonfinite_steps"] == 1
+
+
+def _val_rank(rank, world, port, cfg, out):
+    """One rank's evaluation at step 0 (no training): its share of the val batches, merged over ranks."""
+    import torch.distributed as dist
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        runtime = Runtime(rank=rank, world_size=world, device=torch.device("cpu"), report=lambda m, d: None,
+                          prepare_model=torch.nn.parallel.DistributedDataParallel if world > 1 else (lambda m: m),
+                          log=lambda m: None)
+        trainer = Trainer(job_from_dict(cfg["job"], "<test>"), runtime, TrainData.from_worker_config(cfg))
+        if rank == 0:
+            trainer.board = trainer._open_board()
+        metrics = {}
+        trainer.maybe_evaluate(metrics)  # step 0 is an evaluation step
+        if rank == 0:
+            trainer.board.close()
+        Path(out, f"val{world}-r{rank}.json").write_text(json.dumps({"metrics": metrics, "batches": len(trainer.val)}))
+        return trainer
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def test_validation_shared_by_two_ranks_equals_one_rank(tmp_path, shards):
+    """5 val batches scored as shares of 3 and 2 on two ranks give one rank's val NLL (float64 sums merged
+    by an all-reduce); on one rank the number is exactly the whole-split evaluation's. (The train split
+    serves as val: the tiny corpus' val split holds only 2 clips.)"""
+    job, where = _job(tmp_path, shards, "val", ["eval.val_batches=5", "eval.val_batch_size=1", "scaling.num_workers=2",
+                                                "data.val_split=train"])
+    cfg = prepare(job, where, log=lambda *a: None)
+    _spawn(_val_rank, 2, cfg, str(tmp_path))
+    one = _val_rank(0, 1, None, cfg, str(tmp_path))
+    r0, r1, single = (json.loads((tmp_path / f).read_text()) for f in ("val2-r0.json", "val2-r1.json", "val1-r0.json"))
+    assert (r0["batches"], r1["batches"], single["batches"]) == (3, 2, 5)
+    assert r0["metrics"] == r1["metrics"]
+    assert r0["metrics"]["val_nll_bits"] == pytest.approx(single["metrics"]["val_nll_bits"], rel=1e-12, abs=0)
+    whole = one.task.evaluate(one.raw_model, one.val, torch.device("cpu"), one.autocast)
+    assert single["metrics"]["val_nll_bits"] == whole["val_nll_bits"]  # world size 1 stays exact
+
+
+def _fp16():
+    """The fp16 path forced on the CPU, with a loss scale so large that step 1's float16 gradients
+    overflow, and a backoff that brings it to 2^10 in one step."""
+    return Precision("fp16", torch.device("cpu"), init_scale=2.0 ** 100, backoff_factor=2.0 ** -90)
+
+
+def test_fp16_grad_scaler_on_cpu_skips_an_overflow_and_resumes_exactly(tmp_path, shards):
+    """float16 autocast + GradScaler: the overflow at step 1 is skipped without counting as non-finite
+    (weights stay the initial ones, the scale drops to 1024), later steps train, and the checkpointed
+    scale makes a run stopped at step 2 and resumed equal an uninterrupted one."""
+    job, where = _job(tmp_path, shards, "fp16", ["training.max_steps=4", "checkpoint.every=1"])
+    reports = run_local(job, where, log=lambda *a: None, precision=_fp16())
+    assert [r["nonfinite_steps"] for r in reports] == [0, 0, 0, 0]
+    run_dir = tmp_path / "runs" / "fp16"
+    s1, s2, s4 = (ck.validate_checkpoint(run_dir / ck.checkpoint_dir_name(s)) for s in (1, 2, 4))
+    seed_all(job.seed)
+    initial = task_of(job).build_model(job.model).state_dict()
+    for k in initial:
+        assert torch.equal(s1["model"][k], initial[k]), k
+    assert s1["optimizer"]["state"] == {} and s1["grad_scaler"]["scale"] == 1024.0
+    assert any(not torch.equal(s1["model"][k], s2["model"][k]) for k in initial)
+    assert all(torch.isfinite(v).all() for v in s4["model"].values())
+
+    job2, where2 = _job(tmp_path, shards, "fp16r", ["training.max_steps=2", "checkpoint.every=1"])
+    run_local(job2, where2, log=lambda *a: None, precision=_fp16())
+    job2, where2 = _job(tmp_path, shards, "fp16r", ["training.max_steps=4", "checkpoint.every=1"])
+    again = run_local(job2, where2, log=lambda *a: None, precision=_fp16())
+    assert again[0]["resumed_from"] == 2
+    resumed = _latest(tmp_path, "fp16r")
+    _assert_same(s4, resumed)
+    assert resumed["grad_scaler"] == s4["grad_scaler"]
+
+
+def test_reduced_precision_without_a_gpu_trains_in_fp32_and_says_so(tmp_path, shards, capsys):
+    _run(tmp_path, shards, "fp16cpu", ["training.max_steps=2", "training.precision=fp16", "eval.val_batches=0"])
+    assert capsys.readouterr().out.count("precision fp16 requested without a GPU: training in fp32") == 1
+    assert _latest(tmp_path, "fp16cpu")["grad_scaler"] == {}  # no scaler ran
+
+
+def test_tensorboard_logs_clips_and_audio_samples_per_s_and_every_groups_lr(tmp_path, shards):
+    reports = _run(tmp_path, shards, "tb", ["training.max_steps=3", "logging.every=1", "eval.val_batches=0"])
+    acc = EventAccumulator(str(tmp_path / "runs" / "tb" / "tensorboard")).Reload()
+    tags = acc.Tags()["scalars"]
+    for tag in ("train/loss_bits", "train/grad_norm", "train/lr", "train/lr/decay", "train/lr/no_decay",
+                "train/lr/ssm", "perf/clips_per_s", "perf/audio_samples_per_s", "perf/step_time_s"):
+        assert tag in tags, tag
+    assert "perf/samples_per_s" not in tags  # it counted clips: gone, not redefined
+    crop = 256
+    for clips, audio in zip(acc.Scalars("perf/clips_per_s"), acc.Scalars("perf/audio_samples_per_s")):
+        assert audio.value == pytest.approx(crop * clips.value, rel=1e-5)
+    for main, ssm in zip(acc.Scalars("train/lr/decay"), acc.Scalars("train/lr/ssm")):  # one schedule, two rates
+        assert ssm.value == pytest.approx(main.value * 1e-3 / 4e-3, rel=1e-5) and main.value > 0
+    assert all(0 < e.value < float("inf") for e in acc.Scalars("train/grad_norm"))
+    m = reports[-1]
+    assert m["perf_audio_samples_per_s"] == pytest.approx(crop * m["perf_clips_per_s"])

@@ -89,6 +89,24 @@ def test_val_batches_are_fixed(shards):
     assert len(a) >= 1 and all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
 
 
+def test_val_shares_interleave_to_the_whole_and_loaders_pin_on_request(shards):
+    """Rank r of w keeps val batches r, r + w, ...: shares are disjoint, cover the n batches, and differ
+    in size by at most one (the trainer merges their sums, so uneven shares are fine). The train split
+    plays val here: the tiny corpus' val split holds 2 clips."""
+    urls = shard_paths(shards, "train")
+    kw = dict(n_batches=3, batch_size=1, crop=256, quantization="mu-law")
+    whole = val_batches(urls, **kw)
+    shares = [val_batches(urls, rank=r, world=2, **kw) for r in (0, 1)]
+    assert len(whole) == 3 and [len(s) for s in shares] == [2, 1]
+    for got, want in zip([shares[0][0], shares[1][0], shares[0][1]], whole):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert val_batches(urls, rank=3, world=4, **kw) == []  # more ranks than batches: an empty share
+    # pinned host memory makes the trainer's non_blocking copies to a GPU asynchronous
+    loaders = [train_loader(urls, seed=0, rank=0, start_step=0, n_batches=1, batch_size=1, crop=256,
+                            quantization="mu-law", pin_memory=pin) for pin in (False, True)]
+    assert [loader.pipeline[0].pin_memory for loader in loaders] == [False, True]
+
+
 def test_mix_seed_is_stable():
     assert mix_seed(0, 1, 2) == mix_seed(0, 1, 2) != mix_seed(0, 2, 1)
     # golden value: changing the derivation would silently change the data order of resumed old runs

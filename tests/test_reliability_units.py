@@ -20,7 +20,7 @@ from data_prep.reader import BadDataError, BadSamplePolicy
 from cluster.jobs import load_job
 from cluster.prepare import prepare
 from cluster.schedule import LRSchedule
-from cluster.trainer import nonfinite_step
+from cluster.trainer import GRAD_NONFINITE, LOSS_NONFINITE, STEP_OK, step_verdict
 from data_prep.atomicio import atomic_write
 from cluster_helpers import make_demo_shards, tiny_job, write_job
 from data_prep.manifest import shard_paths
@@ -166,10 +166,13 @@ def test_checkpoint_with_nonfinite_weights_is_not_resumed_from(tmp_path):
     assert state["step"] == 2 and "non-finite" in problems[0] and "model.bias" in problems[0]
 
 
+def _verdict(loss, grad_norm, world=1):
+    return step_verdict(torch.tensor(loss), torch.tensor(grad_norm), world)
+
+
 def test_nonfinite_step_flag():
-    cpu = torch.device("cpu")
-    assert nonfinite_step(float("nan"), 1.0, cpu, 1) and nonfinite_step(1.0, float("inf"), cpu, 1)
-    assert nonfinite_step(float("-inf"), float("nan"), cpu, 1) and not nonfinite_step(3.2, 0.5, cpu, 1)
+    assert _verdict(float("nan"), 1.0) == _verdict(float("-inf"), float("nan")) == LOSS_NONFINITE
+    assert _verdict(1.0, float("inf")) == GRAD_NONFINITE and _verdict(3.2, 0.5) == STEP_OK
 
 
 def _agree_worker(rank, world, port, out):
@@ -177,9 +180,10 @@ def _agree_worker(rank, world, port, out):
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        # only rank 1 sees a NaN loss; every rank must decide to skip, and a finite step must not be skipped
-        decisions = [nonfinite_step(float("nan") if rank == 1 else 1.0, 1.0, torch.device("cpu"), world),
-                     nonfinite_step(1.0, 1.0, torch.device("cpu"), world)]
+        # only rank 1 sees a NaN loss (and only rank 0 an Inf gradient): every rank must reach the same
+        # verdict, the loss taking precedence, and a finite step must not be skipped
+        decisions = [_verdict(float("nan") if rank == 1 else 1.0, float("inf") if rank == 0 else 1.0, world),
+                     _verdict(1.0, float("inf") if rank == 1 else 1.0, world), _verdict(1.0, 1.0, world)]
         Path(out, f"r{rank}").write_text(repr(decisions))
     finally:
         dist.destroy_process_group()
@@ -194,7 +198,8 @@ def test_all_ranks_agree_to_skip_a_step_only_one_rank_saw_as_nonfinite(tmp_path)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.start_processes(_agree_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
-    assert [(tmp_path / f"r{r}").read_text() for r in (0, 1)] == ["[True, False]", "[True, False]"]
+    want = repr([LOSS_NONFINITE, GRAD_NONFINITE, STEP_OK])
+    assert [(tmp_path / f"r{r}").read_text() for r in (0, 1)] == [want, want]
 
 
 # ---------------------------------------------------------------- hostile checkpoints

@@ -56,11 +56,12 @@ class Payload(TypedDict):
     sample_rate: Optional[int]  # of the training shards (their manifest); None for pixel datasets
     metrics: dict  # validation metrics at this step, name -> float
     nonfinite_steps: int  # optimiser steps skipped for NaN/Inf so far
+    grad_scaler: dict  # fp16 runs: GradScaler.state_dict() (loss scale, growth counter); {} otherwise or absent
 
 
 def make_payload(*, model_state: dict, optimizer_state: dict, scheduler_state: dict, step: int, data_seed: int,
                  world_size: int, job: dict, rng: dict, sample_rate: int | None, metrics: dict | None = None,
-                 nonfinite_steps: int = 0) -> Payload:
+                 nonfinite_steps: int = 0, grad_scaler: dict | None = None) -> Payload:
     """The checkpoint payload. `job` is stored as JSON so later generation/evaluation rebuild the exact
     model and quantisation the run used, whatever the YAML says by then."""
     return Payload(
@@ -75,6 +76,7 @@ def make_payload(*, model_state: dict, optimizer_state: dict, scheduler_state: d
         sample_rate=None if sample_rate is None else int(sample_rate),
         metrics={k: float(v) for k, v in (metrics or {}).items()},
         nonfinite_steps=int(nonfinite_steps),
+        grad_scaler=dict(grad_scaler or {}),
     )
 
 

@@ -111,14 +111,15 @@ class CheckpointManager:
                 f"to save a checkpoint. The last good one is kept in {self.run_dir or self.job.checkpoint.storage}")
 
     def write(self, directory: str, *, model, optimizer, scheduler, step: int, metrics: dict,
-              nonfinite_steps: int, rng_per_rank: list) -> str:
-        """Write this step's checkpoint as `directory/<checkpoint name>/state.pt` (rank 0); returns that dir."""
+              nonfinite_steps: int, rng_per_rank: list, grad_scaler: dict | None = None) -> str:
+        """Write this step's checkpoint as `directory/<checkpoint name>/state.pt` (rank 0); returns that dir.
+        `grad_scaler`: the fp16 GradScaler's state (loss scale, growth counter), needed for exact resume."""
         rng = capture_rng()
         rng["per_rank"] = rng_per_rank
         payload = make_payload(model_state=model.state_dict(), optimizer_state=optimizer.state_dict(),
                                scheduler_state=scheduler.state_dict(), step=step, data_seed=self.job.seed,
                                world_size=self.world, job=self.job.to_dict(), rng=rng, sample_rate=self.sample_rate,
-                               metrics=metrics, nonfinite_steps=nonfinite_steps)
+                               metrics=metrics, nonfinite_steps=nonfinite_steps, grad_scaler=grad_scaler)
         out = storage.join(directory, checkpoint_dir_name(step, self.suffix))
         save_checkpoint_dir(out, payload)
         return out
