@@ -15,7 +15,11 @@ differentiable backends:
 - ``keops``: a PyKeOps lazy reduction (compiled with g++/nvcc on first use); optional.
 
 ``backend="auto"`` takes keops on CUDA when it works, else chunked; a missing or broken
-PyKeOps is reported once, as a warning.
+PyKeOps is reported once, as a warning. A keops failure at first use, in the forward or in the
+backward (KeOps compiles the gradient formula separately, at the first ``backward()``), turns the
+backend off for the process with one warning, and that call's values or gradients come from
+chunked instead. Under a distributed launcher each local rank compiles into its own KeOps cache
+folder (``keops.rank_cache_folder``): ranks compiling into one folder at once is a known KeOps failure.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: str = "au
         return cauchy_chunked(v, z, w)
     if backend == "auto":  # the self-check ran on the CPU; a CUDA build can still fail on first use
         try:
-            return _keops.cauchy_keops(v, z, w)
+            return _keops.cauchy_keops_with_fallback(v, z, w)  # a failing backward falls back too
         except Exception as exc:  # noqa: BLE001  (any compile/runtime failure: fall back, once)
             _keops.disable(f"{type(exc).__name__} on {v.device}")
             return cauchy_chunked(v, z, w)
