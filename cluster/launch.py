@@ -39,7 +39,8 @@ def build_trainer(job: JobConfig, worker_cfg: dict) -> TorchTrainer:
     return TorchTrainer(
         train_fn,
         train_loop_config=worker_cfg,
-        torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
+        # NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): a fractional GPU share uses gloo
+        torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu and resources["GPU"] >= 1 else "gloo"),
         scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=job.scaling.placement_strategy),
