@@ -3,7 +3,7 @@
 #
 #     bash bench/gpu.sh            # from the repository root or anywhere; figures under $OUT or bench-out/
 #
-#   1. pytest -m gpu                      CUDA-only tests (tests/test_gpu.py)
+#   1. pytest -m gpu                      CUDA-only tests (tests/sashimi/test_gpu.py)
 #   2. the quickstart, scaling.use_gpu    1 worker on 1 GPU (NCCL path, world size 1)
 #   3. python -m sashimi.bench --device cuda   training / generation samples/s against the roofline
 #   4. the quickstart, 2 workers sharing the GPU (resources_per_worker GPU 0.5): an attempt, expected to
@@ -90,7 +90,7 @@ export KEOPS_CACHE_FOLDER="${KEOPS_CACHE_FOLDER:-$ROOT/.keops_cache}"
 export PYTHONUNBUFFERED=1
 
 # 1. CUDA-only tests
-part pytest-gpu "${T_PYTEST:-90}" "$PY" -m pytest -m gpu -q -rA --junitxml="$OUT_DIR/pytest-gpu.xml" tests/test_gpu.py
+part pytest-gpu "${T_PYTEST:-90}" "$PY" -m pytest -m gpu -q -rA --junitxml="$OUT_DIR/pytest-gpu.xml" tests/sashimi/test_gpu.py
 
 # 2. the quickstart on 1 GPU (the shipped job, use_gpu on, 1 worker holding the whole GPU)
 QS=("$ROOT/.venv/bin/sashimi-train" jobs/quickstart.yaml --fresh --no-wav

@@ -1,4 +1,6 @@
-"""Shared test setup: a project-local PyKeOps cache (compile once), deterministic seeds."""
+"""Shared test setup: a project-local PyKeOps cache (compile once), deterministic seeds, a real S3
+server on 127.0.0.1. Tests mirror the packages: sashimi/, data_prep/, cluster/ (each with its own
+fixtures), and integration/ for the multi-process Ray runs (all marked slow)."""
 import os
 import pathlib
 import random
@@ -21,17 +23,3 @@ def _seed():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
-
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fail the test if anything tries to start or join a Ray cluster (validation must come first)."""
-    import ray
-
-    from cluster import launch
-
-    def boom(*a, **k):
-        raise AssertionError("Ray was started")
-
-    monkeypatch.setattr(launch, "connect_ray", boom)
-    monkeypatch.setattr(ray, "init", boom)

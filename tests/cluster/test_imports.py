@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("sashimi", "data_prep", "cluster")
 # What each package may import from the project (besides itself).
 ALLOWED = {"sashimi": set(), "data_prep": set(), "cluster": {"sashimi", "data_prep"}}

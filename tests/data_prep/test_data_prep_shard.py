@@ -16,7 +16,7 @@ from data_prep.schema import decode_sample
 from data_prep.tarshard import iter_tar_samples
 from data_prep_fixtures import sine, write_audio
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read_split(out, split):

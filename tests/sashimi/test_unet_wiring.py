@@ -119,3 +119,14 @@ def test_step_equals_conv_and_causal(unet):
         other[:, 41:] = torch.randint(0, 256, other[:, 41:].shape)
         assert (model(other)[:, :41] - conv[:, :41]).abs().max() < 1e-5  # causal
     assert (_step_logits(model, tokens) - conv).abs().max() < 1e-4
+
+
+def test_building_for_a_state_dict_skips_the_init_but_loads_the_same_model():
+    from sashimi.kernels import weights_will_be_loaded
+
+    trained = _model(False)
+    with weights_will_be_loaded():
+        loaded = SaShiMi(trained.config)
+    loaded.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(TOKENS), trained(TOKENS))
