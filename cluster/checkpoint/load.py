@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import torch
 
+from sashimi.kernels import weights_will_be_loaded
+
 from ..config import JobConfig, JobConfigError, job_from_dict
 from ..tasks import TASKS
 from .format import CheckpointError, WrongTaskError, job_of, task_name
@@ -40,7 +42,8 @@ def load_checkpoint(path: str | os.PathLike, task: str = "generate", map_locatio
         job = job_from_dict(stored, str(file))
     except JobConfigError as e:
         raise CheckpointError(f"{file}: its stored job is not valid here: {e}") from None
-    model = TASKS[task].build_model(job.model)
+    with weights_will_be_loaded():  # every parameter is replaced below: skip the costly init
+        model = TASKS[task].build_model(job.model)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
