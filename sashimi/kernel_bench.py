@@ -15,7 +15,7 @@ Each (implementation, L) runs in its own child process, so its peak RSS (above t
 building the module) is its own; runs are interleaved (repeat, length, implementation) so a
 change in machine load hits all implementations alike. A run that would not fit in memory is
 skipped. The error column compares the S4D variants with the float64 kernel of the same
-parameters (the blocked product in float64, exact to ~1e-15 by tests/test_s4d_kernel.py).
+parameters (the blocked product in float64, exact to ~1e-15 by tests/sashimi/test_s4d_kernel.py).
 """
 from __future__ import annotations
 

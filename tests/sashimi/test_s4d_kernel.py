@@ -12,7 +12,7 @@ import torch
 from sashimi.kernels import S4DKernel
 from sashimi.vandermonde import block_length, vandermonde
 
-# complex64/float32 kernel vs float64 brute force, relative to max |K| (tests/test_kernels.py's KERNEL_TOL).
+# complex64/float32 kernel vs float64 brute force, relative to max |K| (tests/sashimi/test_kernels.py's KERNEL_TOL).
 KERNEL_TOL = 2e-6
 
 
