@@ -1,6 +1,6 @@
 """`python -m cluster.bench_storage`: what object storage costs against local disk (docs/benchmarks.md).
 
-Issue 12 asks for a measurement, not a claim: training samples/s with the quickstart job's shards
+Issue 12 asks for a measurement, not a claim: training throughput with the quickstart job's shards
 streamed from an S3 server vs the same bytes on local disk (interleaved, without Ray, checkpoints on
 local disk in both so only the data path differs), and the paper model's checkpoint (with AdamW
 moments) written to and read back from the bucket vs a local directory. By default the S3 server is
@@ -65,7 +65,7 @@ def train_once(where: str, shards: str, runs: str, steps: int, tag: str) -> dict
         sys.stderr.write(out.getvalue())
         raise
     return {"data": where, "run": tag, "steps": steps, "batch": job.training.batch_per_worker, "crop": job.data.crop,
-            "samples_per_s": round(m["perf_samples_per_s"], 2), "step_time_s": round(m["perf_step_time_s"], 4),
+            "clips_per_s": round(m["perf_clips_per_s"], 2), "step_time_s": round(m["perf_step_time_s"], 4),
             "data_wait_ms_per_step": round(1000 * m["perf_data_wait_s_per_step"], 2),
             "wall_s": round(time.perf_counter() - t0, 1)}
 
@@ -106,18 +106,18 @@ def span(xs: list[float]) -> str:
 def report(train: list[dict], ckpt: list[dict], upload: dict, moto: bool) -> None:
     print(f"\n{MOTO_NOTE if moto else 'S3 server: ' + os.environ.get('AWS_ENDPOINT_URL', 'the default AWS endpoint')}")
     print(f"dataset upload (publish): {upload['mb']} MB in {upload['files']} files, {upload['s']} s\n")
-    print("| run | data | samples/s | step time (s) | data wait (ms/step) | wall (s) |")
+    print("| run | data | clips/s | step time (s) | data wait (ms/step) | wall (s) |")
     print("|---|---|---|---|---|---|")
     for r in train:
-        print(f"| {r['run']} | {r['data']} | {r['samples_per_s']} | {r['step_time_s']} | {r['data_wait_ms_per_step']} "
+        print(f"| {r['run']} | {r['data']} | {r['clips_per_s']} | {r['step_time_s']} | {r['data_wait_ms_per_step']} "
               f"| {r['wall_s']} |")
     print(f"\n({train[0]['steps']} steps, batch {train[0]['batch']} x crop {train[0]['crop']}, one process, "
           "first step excluded)\n")
-    print("| data | samples/s (range) | data wait ms/step (range) |")
+    print("| data | clips/s (range) | data wait ms/step (range) |")
     print("|---|---|---|")
     for where in ("local", "s3"):
         rs = [r for r in train if r["data"] == where]
-        print(f"| {where} | {span([r['samples_per_s'] for r in rs])} | {span([r['data_wait_ms_per_step'] for r in rs])} |")
+        print(f"| {where} | {span([r['clips_per_s'] for r in rs])} | {span([r['data_wait_ms_per_step'] for r in rs])} |")
     print("\n| checkpoint to | size (MB) | save min / median (s) | validate (read back) min / median (s) |")
     print("|---|---|---|---|")
     for where in ("local", "s3"):

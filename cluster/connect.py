@@ -28,6 +28,8 @@ def local_ray_init_kwargs(num_cpus: int | None = None) -> dict:
     ray.init is told (Ray resolves 127.0.0.1 to the routable IP on Linux); Ray 2.60 protects them
     with token auth."""
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
-    return {"num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": LOOPBACK,
+    # address="local": always a new cluster of our own; without it ray.init joins a stray local one
+    # (e.g. left by `ray start`), which then refuses num_cpus
+    return {"address": "local", "num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": LOOPBACK,
             "runtime_env": {"env_vars": env} if env else None,
             "configure_logging": False}

@@ -111,7 +111,7 @@ def eval_with_ray(checkpoint: str, shards: list[str], workers: int, batch: int, 
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(address="local", log_to_driver=False, **local_ray_init_kwargs(workers))
+            ray.init(log_to_driver=False, **local_ray_init_kwargs(workers))
     try:
         return _run_tasks(checkpoint, shards, workers, batch, progress)
     finally:

@@ -39,7 +39,7 @@ class NoFaults:
         """Called after optimiser step `step` (1-based) on every rank."""
 
     def after_checkpoint(self, step: int, rank: int, persisted: Path | None) -> None:
-        """Called once checkpoint `step` is persisted at `persisted` (None: remote storage)."""
+        """Called once checkpoint `step` is persisted at `persisted` (a local path or a URI)."""
 
 
 class FaultPlan(NoFaults):

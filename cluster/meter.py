@@ -31,21 +31,13 @@ class StepMeter:
         """Record one optimiser step: `clips` and `audio_samples` over all ranks, `loss` and `grad_norm`
         0-d device tensors (not read here). True if it was this attempt's first step."""
         first = self.first_step_unix is None
+        step = {"time": seconds, "data": data_wait, "steps": 1, "clips": clips, "audio": audio_samples}
+        for counts in ([self.window] if first else [self.window, self.totals]):
+            for k, v in step.items():
+                counts[k] += v
         if first:
             self.first_step_unix = time.time()
-        else:
-            t = self.totals
-            t["time"] += seconds
-            t["data"] += data_wait
-            t["steps"] += 1
-            t["clips"] += clips
-            t["audio"] += audio_samples
         w = self.window
-        w["time"] += seconds
-        w["data"] += data_wait
-        w["steps"] += 1
-        w["clips"] += clips
-        w["audio"] += audio_samples
         w["skipped"] += int(skipped)
         if not skipped:  # skipped (non-finite) steps do not enter the means
             w["sums"] += torch.stack([loss.detach(), grad_norm.detach()]).to(torch.float64)
@@ -69,7 +61,6 @@ class StepMeter:
         if t["steps"]:
             out["perf_clips_per_s"] = t["clips"] / t["time"]
             out["perf_audio_samples_per_s"] = t["audio"] / t["time"]
-            out["perf_samples_per_s"] = out["perf_clips_per_s"]  # the old name (clips/s), for cluster/bench_storage.py
             out["perf_step_time_s"] = t["time"] / t["steps"]
             out["perf_data_wait_s_per_step"] = t["data"] / t["steps"]
         return out

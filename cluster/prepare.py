@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from data_prep import storage
+from data_prep.storage import is_uri
 from data_prep.demo import make_demo_corpus
 from data_prep.manifest import ManifestError, load_manifest, manifest_path, shard_paths
 from data_prep.shard import shard_folder
@@ -16,7 +17,7 @@ from .checkpoint import CheckpointError, FormatVersionError, config_mismatch, jo
     validate_checkpoint
 from . import stops
 from .config import JobConfig, JobConfigError
-from .rundir import RunDir, is_uri
+from .rundir import RunDir
 
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a submitted job's entrypoint
 DEMO_SAMPLE_RATE = 16000  # the demo corpus is sharded at 16 kHz (SC09's rate)

@@ -9,14 +9,13 @@
 
 `checkpoint.storage` may be a URI (s3://..., any fsspec filesystem): Ray persists checkpoints there, and
 everything this project writes itself (TensorBoard events, the WAV, the test result) goes there through
-`data_prep.storage`; `local` is then None.
+`data_prep.storage`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from data_prep.storage import is_uri, join
+from data_prep.storage import join
 
 TENSORBOARD = "tensorboard"
 SAMPLES = "samples"
@@ -31,11 +30,6 @@ class RunDir:
     @classmethod
     def of(cls, storage: str, name: str) -> "RunDir":
         return cls(join(storage, name))
-
-    @property
-    def local(self) -> Path | None:
-        """The run dir as a local Path, or None on remote storage."""
-        return None if is_uri(self.root) else Path(self.root)
 
     @property
     def tensorboard(self) -> str:

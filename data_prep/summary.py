@@ -39,7 +39,7 @@ def summarize(out_dir: str | os.PathLike) -> str:
         f"kind      {m['kind']}   preset {m['preset']}   schema v{m['schema_version']}",
         f"format    {'%d Hz, ' % sr if sr else ''}{m['clip_samples']} steps per sample"
         + (f" ({m['clip_samples'] / sr:g} s)" if sr else ""),
-        f"params    " + ", ".join(f"{k}={v}" for k, v in sorted(m["params"].items())),
+        "params    " + ", ".join(f"{k}={v}" for k, v in sorted(m["params"].items())),
     ]
     if m["kind"] == "audio":
         lines.append(split_summary(m))

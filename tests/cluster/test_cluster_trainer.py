@@ -182,7 +182,7 @@ def _rank(rank, world, port, cfg, out, faults=None):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         job = job_from_dict(cfg["job"], "<test>")
-        run_dir = RunDir.of(job.checkpoint.storage, job.name).local
+        run_dir = RunDir.of(job.checkpoint.storage, job.name).root
         reports, metrics = [], []
 
         def report(m, checkpoint_dir):

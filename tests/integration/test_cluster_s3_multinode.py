@@ -33,7 +33,7 @@ def _add_node(cluster, tmp_path, i: int):
     cwd = os.getcwd()
     os.chdir(scratch)
     try:
-        return cluster.add_node(num_cpus=1, resources={"sashimi_slot": 1}, node_ip_address="127.0.0.1",
+        return cluster.add_node(num_cpus=1, resources={"sashimi_slot": 1},
                                 env_vars={"TMPDIR": str(scratch / "tmp")})
     finally:
         os.chdir(cwd)
@@ -58,7 +58,7 @@ def test_node_loss_with_only_a_bucket_shared(tmp_path, s3_bucket):
     job = write_job(tmp_path / "lossy.yaml", tiny_job(data, runs, "lossy", **common))
     plan = {"lossy": {"sleep": 0.4}}  # ~0.4 s per step: time to pull a node
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         nodes = [_add_node(cluster, tmp_path, i) for i in range(2)]
         cluster.wait_for_nodes()

@@ -15,7 +15,7 @@ from cluster_helpers import make_demo_shards, run_with_node_loss, tiny_job, writ
 pytestmark = pytest.mark.slow
 
 MAX_STEPS = 16
-NODE = {"num_cpus": 1, "resources": {"sashimi_slot": 1}, "node_ip_address": "127.0.0.1"}
+NODE = {"num_cpus": 1, "resources": {"sashimi_slot": 1}}
 
 
 def test_node_loss_and_return(tmp_path):
@@ -33,7 +33,7 @@ def test_node_loss_and_return(tmp_path):
     path = write_job(tmp_path / "nodeloss.yaml", job)
     plan = {"nodeloss": {"dir": str(tmp_path), "sleep": 0.4}}  # ~0.4 s per step: time to pull a node
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         nodes = [cluster.add_node(**NODE) for _ in range(2)]
         cluster.wait_for_nodes()
