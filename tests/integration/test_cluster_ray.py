@@ -32,7 +32,8 @@ def env(tmp_path_factory):
     fault_env = {FAULTS_ENV: json.dumps({"fault": {"dir": str(marks), "raise": [[1, FAULT_STEP]]}})}
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": fault_env}, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": fault_env},
+                 configure_logging=False)
     yield {"root": root, "shards": shards, "marker": marker}
     if started:
         ray.shutdown()
