@@ -22,10 +22,19 @@ def nll_bits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | N
     return (ce * m).sum() / m.sum().clamp_min(1) / math.log(2)
 
 
-def nll_bits_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, int]:
-    """(total bits, counted positions): lets evaluation average exactly over many batches or ranks."""
+def nll_bits_sums(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[total bits, counted positions] as a float64 tensor on the logits' device: validation adds these
+    up batch after batch without a host sync, and ranks merge them by addition."""
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+    ce = ce.double()  # sums over long sequences and many batches, kept exact enough to compare across runs
     if mask is None:
-        return float(ce.sum()) / math.log(2), ce.numel()
+        count = torch.tensor(float(ce.numel()), dtype=torch.float64, device=ce.device)
+        return torch.stack([ce.sum() / math.log(2), count])
     m = mask.reshape(-1).to(ce.dtype)
-    return float((ce * m).sum()) / math.log(2), int(m.sum())
+    return torch.stack([(ce * m).sum() / math.log(2), m.sum()])
+
+
+def nll_bits_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, int]:
+    """(total bits, counted positions) on the host: lets evaluation average exactly over many batches or ranks."""
+    bits, count = nll_bits_sums(logits, targets, mask).tolist()
+    return bits, int(count)

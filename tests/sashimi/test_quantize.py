@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sashimi.metrics import nll_bits, nll_bits_sum, shift_inputs
+from sashimi.metrics import nll_bits, nll_bits_sum, nll_bits_sums, shift_inputs
 from sashimi.quantize import METHODS, dequantize, minmax_scale, mu_law_expand, quantize, zero_class
 
 
@@ -83,6 +83,11 @@ def test_nll_bits():
     assert nll_bits(logits, targets, mask).item() < 1e-6  # padding never counts
     total, count = nll_bits_sum(logits, targets, mask)
     assert count == 4 and total < 1e-5
+    sums = nll_bits_sums(logits, targets, mask)  # the device-side form validation accumulates
+    assert sums.dtype == torch.float64 and sums.tolist() == [total, count]
+    uniform = nll_bits_sums(torch.zeros(2, 5, 256), targets)  # no mask: every position, 8 bits each
+    # per-position cross-entropy is float32 (log 256 to ~1e-7 relative), summed in float64
+    assert uniform[1].item() == 10 and math.isclose(uniform[0].item(), 80.0, rel_tol=1e-6)
     assert torch.equal(shift_inputs(torch.tensor([[5, 6, 7]])), torch.tensor([[128, 5, 6]]))
 
 
