@@ -118,22 +118,22 @@ def test_bench_device_cuda_skips_without_cuda(tmp_path, capsys):
 
 def test_roofline_arithmetic_counts_the_model():
     """The hook-based counts on a one-tier model whose linear layers are known by hand."""
-    from sashimi import bench
+    from sashimi import roofline
 
     cfg = dict(d_model=8, n_layers=1, d_state=8, pool=[], ff=2)
-    ar = bench.model_arithmetic(cfg, "cpu", L0=256)
+    ar = roofline.model_arithmetic(cfg, "cpu", L0=256)
     f_mm = sum(2 * i * o * r for i, o, r in ar["linears"])
     assert f_mm == pytest.approx(2 * (8 * 16 + 8 * 16 + 16 * 8 + 8 * 256))  # S4 out (GLU), fc1, fc2, head
     assert ar["s4"] == [(8, 1.0)] and ar["M"] == 4
     assert ar["saved_bytes_per_sample"]["fp32"] > ar["saved_bytes_per_sample"]["bf16"] > 0
-    peaks, source = bench.gpu_peaks("NVIDIA H200", {})
+    peaks, source = roofline.gpu_peaks("NVIDIA H200", {})
     assert peaks["bw"] == 4.8e12 and "H200" in source
-    _, source = bench.gpu_peaks("Some Future GPU", {"bw": 1e12})
+    _, source = roofline.gpu_peaks("Some Future GPU", {"bw": 1e12})
     assert "H200 figures assumed" in source
-    b1, b8 = (bench.train_bound(ar, 16000, B, "fp32", peaks, peaks["fp32"]) for B in (1, 8))
+    b1, b8 = (roofline.train_bound(ar, 16000, B, "fp32", peaks, peaks["fp32"]) for B in (1, 8))
     assert b8["flops_per_sample"] < b1["flops_per_sample"]  # the kernel is made once per batch
     assert b1["f_mm"] == pytest.approx(3 * f_mm)
-    bf = bench.train_bound(ar, 16000, 8, "bf16", peaks, peaks["fp32"])
+    bf = roofline.train_bound(ar, 16000, 8, "bf16", peaks, peaks["fp32"])
     assert bf["bound_samples_per_s"] > b8["bound_samples_per_s"]
-    g1, g16 = bench.gen_bound(ar, 1, peaks), bench.gen_bound(ar, 16, peaks)
+    g1, g16 = roofline.gen_bound(ar, 1, peaks), roofline.gen_bound(ar, 16, peaks)
     assert g16["bound_samples_per_s"] > g1["bound_samples_per_s"] and g1["bound_by"] == "memory"
