@@ -26,7 +26,10 @@ class S4Block(nn.Module):
         return x + self.dropout(self.s4(self.norm(x)))
 
     def step(self, x: torch.Tensor, state: torch.Tensor, consts: dict):
-        y, state = self.s4.step(self.norm(x), state, consts)
+        """Step mode (inference: dropout is the identity), functional calls only: at batch 1 a module
+        call costs as much as the op it wraps."""
+        n = self.norm
+        y, state = self.s4.step(F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps), state, consts)
         return x + y, state
 
 
@@ -42,6 +45,13 @@ class FFBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(self.norm(x))))))
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` at inference (no dropout) in functional calls, for step mode (see S4Block.step)."""
+        n = self.norm
+        h = F.gelu(F.linear(F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps), self.fc1.weight,
+                            self.fc1.bias))
+        return x + F.linear(h, self.fc2.weight, self.fc2.bias)
 
 
 class DownPool(nn.Module):

@@ -79,7 +79,7 @@ class TierStep(nn.Module):
                 j = next(pos)
                 x, ssm[j] = layer.step(x, ssm[j], self._consts(j))
                 return x
-            return layer(x)
+            return layer.step(x)  # a feed-forward block
 
         x = self.embed(inp) if self.level == 0 else self.pool_in.proj(torch.cat(list(inp), -1))
         if self.centre:
