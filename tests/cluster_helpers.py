@@ -3,6 +3,7 @@ demo shards, tiny jobs, tiny checkpoints written with the trainer's own writer (
 from __future__ import annotations
 
 import gzip
+import socket
 import struct
 import threading
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 import yaml
 
 from cluster.checkpoint import capture_rng, make_payload, save_checkpoint_dir
@@ -138,3 +140,21 @@ def run_with_node_loss(cluster, victim, job_path: Path, ready, add_node, outage_
     if "error" in result:
         raise result["error"]
     return result["info"], events
+
+
+def spawn_ranks(fn, world: int, *args, deadline_s: float = 300) -> None:
+    """Run fn(rank, world, port, *args) in `world` forked processes, the ranks of a gloo group on a free
+    loopback port. A rank still running after `deadline_s` is killed and the test fails naming it, so a
+    hang (a collective nobody answers, a process group torn down under a live DDP reducer) costs
+    minutes instead of CI's whole budget."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.start_processes(fn, args=(world, port, *args), nprocs=world, join=False, start_method="fork")
+    end = time.monotonic() + deadline_s
+    while not ctx.join(timeout=2):  # raises as soon as a rank fails
+        if time.monotonic() > end:
+            hung = [rank for rank, p in enumerate(ctx.processes) if p.is_alive()]
+            for p in ctx.processes:
+                p.kill()
+            raise AssertionError(f"{fn.__name__}: ranks {hung} of {world} still running after {deadline_s:g} s")

@@ -3,9 +3,9 @@ injected faults through the hook object, non-finite steps, checkpoint policy. Th
 scenarios are in test_cluster_ray.py / test_reliability_ray.py (slow)."""
 from __future__ import annotations
 
+import gc
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from cluster.rundir import RunDir
 from cluster.seeds import seed_all
 from cluster.tasks import task_of
 from cluster.trainer import NonFiniteTrainingError, Runtime, TrainData, Trainer
-from cluster_helpers import assert_same_training_state, make_demo_shards, tiny_job, write_job
+from cluster_helpers import assert_same_training_state, make_demo_shards, spawn_ranks, tiny_job, write_job
 from data_prep.manifest import load_manifest
 
 STEPS = {"training": {"max_steps": 6}, "checkpoint": {"every": 2, "keep": 10},
@@ -194,26 +194,17 @@ def _rank(rank, world, port, cfg, out, faults=None):
         runtime = Runtime(rank=rank, world_size=world, device=torch.device("cpu"), report=report,
                           prepare_model=torch.nn.parallel.DistributedDataParallel, log=lambda m: None)
         Trainer(job, runtime, TrainData.from_worker_config(cfg), faults=FaultPlan(faults) if faults else None).run()
+        gc.collect()  # the DDP reducer goes before its group (see _val_rank)
         Path(out, f"r{rank}.json").write_text(json.dumps(reports))
         Path(out, f"m{rank}.json").write_text(json.dumps(metrics))
     finally:
         dist.destroy_process_group()
 
 
-def _spawn(fn, world, *args):
-    """Run fn(rank, world, port, *args) in `world` forked processes joined by a gloo process group."""
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(fn, args=(world, port, *args), nprocs=world, join=True, start_method="fork")
-
-
 def test_two_ranks_over_torch_distributed_without_ray(tmp_path, shards):
     job, where = _job(tmp_path, shards, "ddp", ["training.max_steps=4", "scaling.num_workers=2"])
     cfg = prepare(job, where, log=lambda *a: None)
-    _spawn(_rank, 2, cfg, str(tmp_path))
+    spawn_ranks(_rank, 2, cfg, str(tmp_path))
     r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))
     assert r0 == [{"step": 2, "checkpoint": True}, {"step": 4, "checkpoint": True}]
     assert r1 == [{"step": 2, "checkpoint": False}, {"step": 4, "checkpoint": False}]  # same barriers
@@ -229,7 +220,7 @@ def test_fused_vote_skips_a_nan_step_on_every_rank(tmp_path, shards):
     job, where = _job(tmp_path, shards, "ddpnan", ["training.max_steps=3", "scaling.num_workers=2",
                                                    "checkpoint.every=1", "eval.val_batches=3"])
     cfg = prepare(job, where, log=lambda *a: None)
-    _spawn(_rank, 2, cfg, str(tmp_path), {"nan": [[1, 2]]})
+    spawn_ranks(_rank, 2, cfg, str(tmp_path), {"nan": [[1, 2]]})
     m0, m1 = (json.loads((tmp_path / f"m{r}.json").read_text()) for r in (0, 1))
     assert [m["nonfinite_steps"] for m in m0] == [m["nonfinite_steps"] for m in m1] == [0, 1, 1]
     assert m0[1]["val_nll_bits"] == m1[1]["val_nll_bits"]  # every rank derives the same val numbers
@@ -242,27 +233,34 @@ def test_fused_vote_skips_a_nan_step_on_every_rank(tmp_path, shards):
 
 
 def _val_rank(rank, world, port, cfg, out):
-    """One rank's evaluation at step 0 (no training): its share of the val batches, merged over ranks."""
+    """One rank's evaluation at step 0 (no training): its share of the val batches, merged over ranks.
+    With world > 1 the trainer (and the DDP reducer it holds) is freed before the group is destroyed:
+    a reducer outliving its gloo group hangs in the group's destructor (seen in CI)."""
     import torch.distributed as dist
 
-    if world > 1:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    if world == 1:
+        return _evaluate_at_step_0(rank, world, cfg, out)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        runtime = Runtime(rank=rank, world_size=world, device=torch.device("cpu"), report=lambda m, d: None,
-                          prepare_model=torch.nn.parallel.DistributedDataParallel if world > 1 else (lambda m: m),
-                          log=lambda m: None)
-        trainer = Trainer(job_from_dict(cfg["job"], "<test>"), runtime, TrainData.from_worker_config(cfg))
-        if rank == 0:
-            trainer.board = trainer._open_board()
-        metrics = {}
-        trainer.maybe_evaluate(metrics)  # step 0 is an evaluation step
-        if rank == 0:
-            trainer.board.close()
-        Path(out, f"val{world}-r{rank}.json").write_text(json.dumps({"metrics": metrics, "batches": len(trainer.val)}))
-        return trainer
+        _evaluate_at_step_0(rank, world, cfg, out)
+        gc.collect()
     finally:
-        if world > 1:
-            dist.destroy_process_group()
+        dist.destroy_process_group()
+
+
+def _evaluate_at_step_0(rank, world, cfg, out):
+    runtime = Runtime(rank=rank, world_size=world, device=torch.device("cpu"), report=lambda m, d: None,
+                      prepare_model=torch.nn.parallel.DistributedDataParallel if world > 1 else (lambda m: m),
+                      log=lambda m: None)
+    trainer = Trainer(job_from_dict(cfg["job"], "<test>"), runtime, TrainData.from_worker_config(cfg))
+    if rank == 0:
+        trainer.board = trainer._open_board()
+    metrics = {}
+    trainer.maybe_evaluate(metrics)  # step 0 is an evaluation step
+    if rank == 0:
+        trainer.board.close()
+    Path(out, f"val{world}-r{rank}.json").write_text(json.dumps({"metrics": metrics, "batches": len(trainer.val)}))
+    return trainer
 
 
 def test_validation_shared_by_two_ranks_equals_one_rank(tmp_path, shards):
@@ -272,7 +270,7 @@ def test_validation_shared_by_two_ranks_equals_one_rank(tmp_path, shards):
     job, where = _job(tmp_path, shards, "val", ["eval.val_batches=5", "eval.val_batch_size=1", "scaling.num_workers=2",
                                                 "data.val_split=train"])
     cfg = prepare(job, where, log=lambda *a: None)
-    _spawn(_val_rank, 2, cfg, str(tmp_path))
+    spawn_ranks(_val_rank, 2, cfg, str(tmp_path))
     one = _val_rank(0, 1, None, cfg, str(tmp_path))
     r0, r1, single = (json.loads((tmp_path / f).read_text()) for f in ("val2-r0.json", "val2-r1.json", "val1-r0.json"))
     assert (r0["batches"], r1["batches"], single["batches"]) == (3, 2, 5)

@@ -22,7 +22,7 @@ from cluster.prepare import prepare
 from cluster.schedule import LRSchedule
 from cluster.trainer import GRAD_NONFINITE, LOSS_NONFINITE, STEP_OK, step_verdict
 from data_prep.atomicio import atomic_write
-from cluster_helpers import make_demo_shards, tiny_job, write_job
+from cluster_helpers import make_demo_shards, spawn_ranks, tiny_job, write_job
 from data_prep.manifest import shard_paths
 from data_prep.schema import SampleError, decode_sample
 
@@ -190,14 +190,7 @@ def _agree_worker(rank, world, port, out):
 
 
 def test_all_ranks_agree_to_skip_a_step_only_one_rank_saw_as_nonfinite(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_agree_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    spawn_ranks(_agree_worker, 2, str(tmp_path))
     want = repr([LOSS_NONFINITE, GRAD_NONFINITE, STEP_OK])
     assert [(tmp_path / f"r{r}").read_text() for r in (0, 1)] == [want, want]
 
