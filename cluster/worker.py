@@ -2,6 +2,8 @@
 (rank, world size, device, DDP wrapping, report, the checkpoint Ray offers) and runs the Trainer."""
 from __future__ import annotations
 
+import gc
+
 import ray.train
 import ray.train.torch
 from ray.train import Checkpoint
@@ -38,3 +40,7 @@ def train_fn(cfg: dict) -> None:
                       latest_checkpoint=storage.join(run_dir.root, name_of(offered.path)) if offered else None,
                       prepare_model=ray.train.torch.prepare_model)
     Trainer(job, runtime, TrainData.from_worker_config(cfg), faults=FaultPlan.from_env(job.name)).run()
+    # Free the DDP reducer (and any cycle holding it) now, while its process group lives: Ray destroys
+    # the group after train_fn returns, and a gloo group destroyed under a live reducer hangs in its
+    # destructor (seen in a test, tests/cluster/test_cluster_trainer._val_rank).
+    gc.collect()
