@@ -25,12 +25,13 @@ class S4Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.dropout(self.s4(self.norm(x)))
 
-    def step(self, x: torch.Tensor, state: torch.Tensor, consts: dict):
-        """Step mode (inference: dropout is the identity), functional calls only: at batch 1 a module
-        call costs as much as the op it wraps."""
+    def step(self, x: torch.Tensor, base: torch.Tensor, cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step mode (inference: dropout is the identity) -> (output, the S4 input u). The state-only part
+        ``base`` comes from s4.state_terms, run by the tier for all its layers at once; the tier also
+        applies u to the state. Functional calls only: at batch 1 a module call costs as much as its op."""
         n = self.norm
-        y, state = self.s4.step(F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps), state, consts)
-        return x + y, state
+        u = F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps)
+        return x + self.s4.readout(u, base, cu), u
 
 
 class FFBlock(nn.Module):

@@ -124,16 +124,44 @@ class S4(nn.Module):
     def default_state(self, batch: int, device=None) -> torch.Tensor:
         return torch.zeros(batch, self.kernel.H, 2, self.kernel.N2, device=device)
 
+    def readout(self, u: torch.Tensor, base: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        """This step's output from the state-only part ``base`` (``state_terms``) and the input u (B, H)."""
+        y = F.linear(F.gelu(torch.addcmul(base, cu, u)), self.out.weight, self.out.bias)  # _post at inference
+        return F.glu(y, dim=-1) if self.glu else y
+
     def step(self, u: torch.Tensor, x: torch.Tensor, c: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """u (B, H), x (B, H, 2, N/2) -> (output (B, H), new state)."""
-        # Few, fused ops: eager step mode at batch 1 is bound by the number of ops, not their arithmetic.
-        # W (H, 2, 2, N/2): rows y0 and σ; a mul-and-sum fuses under Inductor (a bmm would not).
-        new = torch.addcmul(x * c["AR"], x.flip(2), c["AI"]).addcmul_(c["dB"], u[..., None, None])
-        if c["dplr"]:
-            y0, sig = (x.unsqueeze(2) * c["W"]).sum((-1, -2)).unbind(-1)  # (B, H) each
-            y = torch.addcmul(y0, c["cs"], sig).addcmul_(c["cu"], u)
-            new.addcmul_(c["G"], sig[..., None, None])
-        else:
-            y = (x * c["W"][:, 0]).sum((-1, -2)).addcmul_(c["cu"], u)
-        y = F.linear(F.gelu(y), self.out.weight, self.out.bias)  # _post at inference, without module calls
-        return (F.glu(y, dim=-1) if self.glu else y), new
+        pre, base = state_terms(x, c)
+        return self.readout(u, base, c["cu"]), state_update(pre, c["dB"], u)
+
+
+# The recurrence of step_setup split by what each part needs. Everything but the u terms depends on
+# the previous state only, so a tier computes it for all its S4 layers at once, before its first
+# layer runs (x stacked (k, B, H, 2, N/2), constants by ``stack_step_constants``): eager step mode at
+# batch 1 is bound by the number of ops, and this leaves each layer two small ops of its own.
+
+def state_terms(x: torch.Tensor, c: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (Ā x + G σ, y0 + c_σ σ): the next state and this output without their u terms."""
+    # W (.., H, 2, 2, N/2): rows y0 and σ; a mul-and-sum fuses under Inductor (a bmm would not).
+    pre = torch.addcmul(x * c["AR"], x.flip(-2), c["AI"])
+    if not c["dplr"]:
+        return pre, (x * c["W"][..., 0, :, :]).sum((-1, -2))
+    y0, sig = (x.unsqueeze(-3) * c["W"]).sum((-1, -2)).unbind(-1)
+    pre.addcmul_(c["G"], sig[..., None, None])
+    return pre, torch.addcmul(y0, c["cs"], sig)
+
+
+def state_update(pre: torch.Tensor, dB: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """x_t = (Ā x + G σ) + dB u_t, in place on ``pre``."""
+    return pre.addcmul_(dB, u[..., None, None])
+
+
+def stack_step_constants(consts: list[dict]) -> dict:
+    """Several layers' ``step_setup`` constants stacked for ``state_terms`` over their stacked states:
+    (k, 1, H, ...), the 1 broadcasting over the batch."""
+    if len({c["dplr"] for c in consts}) != 1:
+        raise ValueError("a tier's S4 layers must all be DPLR or all diagonal")
+    out = {k: torch.stack([c[k] for c in consts]).unsqueeze(1) for k, v in consts[0].items()
+           if isinstance(v, torch.Tensor)}
+    out["dplr"] = consts[0]["dplr"]
+    return out

@@ -5,7 +5,9 @@ so everything a tier does between two samples lives in one ``forward``: pooling 
 its blocks, and unpooling into the p outputs the faster tier above reads next (the outer tier
 embeds the token and ends in norm + head instead). Inductor then turns a tier into one call
 with no Python in between (CompiledTier), and the S4 recurrence constants are buffers, so
-compiling with ``freezing`` folds them into the code together with the weights.
+compiling with ``freezing`` folds them into the code together with the weights. The part of each
+S4 layer's recurrence that depends only on its previous state runs for all the tier's layers as
+one stacked op before the first layer (s4.state_terms), and the input terms after the last.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from torch import nn
 
 from . import compile_cache, unet
 from .blocks import S4Block
+from .s4 import stack_step_constants, state_terms, state_update
 
 
 def tier_blocks(model, level: int) -> tuple[nn.ModuleList, nn.ModuleList]:
@@ -53,31 +56,34 @@ class TierStep(nn.Module):
         self.down, self.blocks = tier_blocks(model, level)
         self.pool_out = model.up_pools[level - 1] if level > 0 else None
         self.norm, self.head = (model.norm, model.head) if level == 0 else (None, None)
-        # Eager: the constants as prebuilt dicts (a module attribute lookup per constant per step
-        # costs more than the arithmetic). Compiled: buffers, which freezing folds into the code.
-        self._eager = None if compiled else [dict(c) for c in consts]
-        self._dplr, self._keys = [], []
-        for j, c in enumerate(consts if compiled else []):
-            keys = [k for k, v in c.items() if isinstance(v, torch.Tensor)]
-            for k in keys:
-                self.register_buffer(f"c{j}_{k}", c[k], persistent=False)
-            self._keys.append(keys)
-            self._dplr.append(c["dplr"])
+        # The S4 constants stacked over the tier's layers (state_terms runs once for all of them).
+        # Eager: a prebuilt dict (a module attribute lookup per constant per step costs more than
+        # the arithmetic). Compiled: buffers, which freezing folds into the code.
+        stacked = stack_step_constants(consts) if consts else {"dplr": False}
+        self._dplr, self._keys = stacked["dplr"], [k for k in stacked if k != "dplr"]
+        self._eager = None if compiled else {**stacked, "cu_each": list(stacked["cu"].unbind(0)) if consts else []}
+        for k in self._keys if compiled else []:
+            self.register_buffer(f"c_{k}", stacked[k], persistent=False)
 
-    def _consts(self, j: int) -> dict:
+    def _consts(self) -> dict:
         if self._eager is not None:
-            return self._eager[j]
-        c = {k: getattr(self, f"c{j}_{k}") for k in self._keys[j]}
-        c["dplr"] = self._dplr[j]
+            return self._eager
+        c = {k: getattr(self, f"c_{k}") for k in self._keys}
+        c["dplr"] = self._dplr
+        c["cu_each"] = list(c["cu"].unbind(0)) if self._keys else []
         return c
 
     def forward(self, inp, up, ssm, noise=None):
-        ssm, pos = list(ssm), iter(range(len(ssm)))
+        c, us = self._consts(), []
+        if ssm:  # the state-only terms of every S4 layer of the tier, before its first layer runs
+            pre, base = state_terms(torch.stack(list(ssm)), c)
+            bases = base.unbind(0)
 
-        def run(layer, x):  # a layer's step: S4 blocks advance their state (in the order ``ssm`` lists them)
+        def run(layer, x):  # a layer's step; S4 blocks in the order ``ssm`` lists them
             if isinstance(layer, S4Block):
-                j = next(pos)
-                x, ssm[j] = layer.step(x, ssm[j], self._consts(j))
+                j = len(us)
+                x, u = layer.step(x, bases[j], c["cu_each"][j])
+                us.append(u)
                 return x
             return layer.step(x)  # a feed-forward block
 
@@ -93,7 +99,8 @@ class TierStep(nn.Module):
                 out = (out, (out + noise).argmax(-1))
         else:  # p contiguous (B, H) outputs: a compiled tier above expects dense inputs
             out = self.pool_out.chunk(y).transpose(0, 1).contiguous().unbind(0)
-        return out, s, ssm
+        new = list(state_update(pre, c["dB"], torch.stack(us)).unbind(0)) if ssm else []
+        return out, s, new
 
 
 def _inductor_settings(device: torch.device):

@@ -6,6 +6,7 @@ import torch
 
 from sashimi import S4
 from sashimi.generate import torch_threads
+from sashimi.s4 import stack_step_constants, state_terms, state_update
 
 # float32 conv (FFT) vs float32 recurrence over thousands of steps: differences come from FFT
 # rounding (~1e-7 relative per output) and accumulate mildly; 2e-5 absolute on O(1) outputs.
@@ -23,6 +24,26 @@ def test_conv_equals_step_4096(kernel):
             yt, x = layer.step(u[:, t], x, consts)
             ys.append(yt)
     assert (torch.stack(ys, 1) - y).abs().max() < STEP_TOL
+
+
+@pytest.mark.parametrize("kernel", ["dplr", "s4d"])
+def test_stacked_layers_step_as_each_layer_alone(kernel):
+    """A tier runs the state-only terms of all its S4 layers as one stacked op (tier_step): slice j
+    of it must be layer j's own step. Same elementwise ops on each slice, so 1e-6 (float32)."""
+    layers = [S4(8, d_state=16, l_max=64, kernel=kernel).eval() for _ in range(3)]
+    consts = [layer.step_setup() for layer in layers]
+    x = [torch.randn(2, 8, 2, 8) for _ in layers]
+    u = [torch.randn(2, 8) for _ in layers]
+    with torch.no_grad():
+        c = stack_step_constants(consts)
+        pre, base = state_terms(torch.stack(x), c)
+        new = state_update(pre, c["dB"], torch.stack(u))
+        for j, layer in enumerate(layers):
+            y_j, x_j = layer.step(u[j], x[j], consts[j])
+            assert (layer.readout(u[j], base[j], c["cu"][j]) - y_j).abs().max() < 1e-6
+            assert (new[j] - x_j).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="must all be DPLR or all diagonal"):
+        stack_step_constants([consts[0], {**consts[1], "dplr": not consts[1]["dplr"]}])
 
 
 @pytest.mark.parametrize("kernel", ["dplr", "s4d"])
