@@ -56,12 +56,12 @@ class TierStep(nn.Module):
         self.down, self.blocks = tier_blocks(model, level)
         self.pool_out = model.up_pools[level - 1] if level > 0 else None
         self.norm, self.head = (model.norm, model.head) if level == 0 else (None, None)
-        # The S4 constants stacked over the tier's layers (state_terms runs once for all of them).
-        # Eager: a prebuilt dict (a module attribute lookup per constant per step costs more than
-        # the arithmetic). Compiled: buffers, which freezing folds into the code.
-        stacked = stack_step_constants(consts) if consts else {"dplr": False}
+        # The S4 constants stacked over the tier's layers (state_terms runs once for all of them; every
+        # tier has n_layers >= 1 of them). Eager: a prebuilt dict (a module attribute lookup per constant
+        # per step costs more than the arithmetic). Compiled: buffers, which freezing folds into the code.
+        stacked = stack_step_constants(consts)
         self._dplr, self._keys = stacked["dplr"], [k for k in stacked if k != "dplr"]
-        self._eager = None if compiled else {**stacked, "cu_each": list(stacked["cu"].unbind(0)) if consts else []}
+        self._eager = None if compiled else {**stacked, "cu_each": list(stacked["cu"].unbind(0))}
         for k in self._keys if compiled else []:
             self.register_buffer(f"c_{k}", stacked[k], persistent=False)
 
@@ -70,14 +70,13 @@ class TierStep(nn.Module):
             return self._eager
         c = {k: getattr(self, f"c_{k}") for k in self._keys}
         c["dplr"] = self._dplr
-        c["cu_each"] = list(c["cu"].unbind(0)) if self._keys else []
+        c["cu_each"] = list(c["cu"].unbind(0))
         return c
 
     def forward(self, inp, up, ssm, noise=None):
         c, us = self._consts(), []
-        if ssm:  # the state-only terms of every S4 layer of the tier, before its first layer runs
-            pre, base = state_terms(torch.stack(list(ssm)), c)
-            bases = base.unbind(0)
+        pre, base = state_terms(torch.stack(list(ssm)), c)  # every S4 layer's, before the first one runs
+        bases = base.unbind(0)
 
         def run(layer, x):  # a layer's step; S4 blocks in the order ``ssm`` lists them
             if isinstance(layer, S4Block):
@@ -99,8 +98,7 @@ class TierStep(nn.Module):
                 out = (out, (out + noise).argmax(-1))
         else:  # p contiguous (B, H) outputs: a compiled tier above expects dense inputs
             out = self.pool_out.chunk(y).transpose(0, 1).contiguous().unbind(0)
-        new = list(state_update(pre, c["dB"], torch.stack(us)).unbind(0)) if ssm else []
-        return out, s, new
+        return out, s, list(state_update(pre, c["dB"], torch.stack(us)).unbind(0))
 
 
 def _inductor_settings(device: torch.device):
