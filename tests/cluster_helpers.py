@@ -3,7 +3,6 @@ demo shards, tiny jobs, tiny checkpoints written with the trainer's own writer (
 from __future__ import annotations
 
 import gzip
-import socket
 import struct
 import threading
 import time
@@ -19,6 +18,7 @@ from cluster.config import job_from_dict
 from cluster.jobs import load_job
 from cluster.launch import run
 from data_prep.demo import make_demo_corpus
+from data_prep.local_s3 import free_port
 from data_prep.shard import shard_folder
 from sashimi import SaShiMi
 
@@ -147,10 +147,7 @@ def spawn_ranks(fn, world: int, *args, deadline_s: float = 300) -> None:
     loopback port. A rank still running after `deadline_s` is killed and the test fails naming it, so a
     hang (a collective nobody answers, a process group torn down under a live DDP reducer) costs
     minutes instead of CI's whole budget."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.start_processes(fn, args=(world, port, *args), nprocs=world, join=False, start_method="fork")
+    ctx = mp.start_processes(fn, args=(world, free_port(), *args), nprocs=world, join=False, start_method="fork")
     end = time.monotonic() + deadline_s
     while not ctx.join(timeout=2):  # raises as soon as a rank fails
         if time.monotonic() > end:

@@ -1,10 +1,10 @@
 """data_prep.storage: local paths and s3:// URIs behave the same; a URI is never taken for a path."""
 import os
-import socket
 
 import pytest
 
 from data_prep import storage
+from data_prep.local_s3 import free_port
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -54,9 +54,7 @@ def test_uri_is_never_a_path(tmp_path):
 def test_missing_bucket_and_unreachable_endpoint_are_named(s3_endpoint, monkeypatch):
     with pytest.raises(storage.StorageError, match=r"checkpoint.storage: s3://no-such-bucket-x/runs: bucket"):
         storage.check_writable_root("s3://no-such-bucket-x/runs", "checkpoint.storage")
-    with socket.socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()  # a loopback port nobody listens on
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{dead}")
     monkeypatch.setattr(storage, "_S3_CONFIG", {"connect_timeout": 1, "retries": {"max_attempts": 1}})
     with pytest.raises(storage.StorageError, match=r"data.shards: s3://b/ds: cannot reach the bucket"):
