@@ -121,7 +121,9 @@ class Trainer:
         self.autocast = self.amp.autocast
         set_tf32(t.tf32, self.device)
         seed_all(job.seed)  # same init on every rank (DDP also broadcasts rank 0's parameters)
-        self.raw_model = self.task.build_model(job.model)
+        # on the rank's device before any wrapper sees it (Ray's prepare_model also moves it; a plain
+        # DDP(device_ids=[i]) or the identity of run_local does not)
+        self.raw_model = self.task.build_model(job.model).to(self.device)
         self.model = runtime.prepare_model(self.raw_model)
         # the training forward only (DDP's wrapper included, as torch.compile wants it); validation and
         # generation run on the unwrapped, uncompiled module

@@ -117,6 +117,8 @@ def main(argv=None) -> None:
                     help="intra-op threads for step mode (0 = generate()'s default: all when compiled, "
                          "eager: 1 below batch 8, else all)")
     ap.add_argument("--no-compile", action="store_true", help="eager step mode (tiers not compiled)")
+    ap.add_argument("--gen-modes", default="", help="--device cuda: step modes to time, e.g. compiled,eager "
+                    "(default: compiled, or eager with --no-compile)")
     cu = ap.add_argument_group("--device cuda / --roofline-only")
     cu.add_argument("--batches", default="1,8", help="training batch sizes")
     cu.add_argument("--precisions", default="fp32,bf16,compiled",

@@ -7,42 +7,58 @@ import time
 from .roofline import ROOFLINE_FORMULA, gen_bound, gpu_peaks, model_arithmetic, print_peaks, train_bound
 
 
-def _cuda_train(cfg_dict, L, B, prec, steps):
+def time_training(model, L: int, B: int, prec: str, steps: int, make_opt=None, device: str = "cuda") -> dict:
+    """Training samples/s of `model` (tokens (B, L) -> logits (B, L, 256)) at precision `prec` (fp32; bf16 =
+    bf16 autocast; compiled = bf16 autocast + torch.compile of the forward): warm-up step(s), then the
+    median of `steps` timed steps (forward, next-sample NLL, backward, optimiser step), synchronised around
+    each. One timing loop for every model measured, ours and the paper's own (bench/official_sashimi.py),
+    so the side-by-side figures differ only in the model."""
     import gc
 
     import torch
 
-    from sashimi import SaShiMi, SaShiMiConfig
     from sashimi.metrics import nll_bits, shift_inputs
-    from sashimi.optim import make_optimizer
 
-    torch.manual_seed(0)
-    model = SaShiMi(SaShiMiConfig.from_dict({**cfg_dict, "l_max": L})).cuda()
-    opt = make_optimizer(model)
+    cuda = torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    opt = make_opt(model) if make_opt else torch.optim.AdamW(model.parameters(), lr=1e-3)
     fwd = torch.compile(model) if prec == "compiled" else model
-    tokens = torch.randint(0, 256, (B, L), device="cuda")
+    tokens = torch.randint(0, 256, (B, L), device=device)
     inputs = shift_inputs(tokens, 128)
-    torch.cuda.synchronize()
-    gc.collect()  # a previous measurement's tensors (an OOM's traceback held them) are gone
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if cuda:
+        gc.collect()  # a previous measurement's tensors (an OOM's traceback held them) are gone
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     times = []
     warm = 2 if prec == "compiled" else 1  # the first step compiles (forward, then backward) / warms up
     for _ in range(warm + steps):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", torch.bfloat16, enabled=prec != "fp32"):
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=prec != "fp32"):
             logits = fwd(inputs)
         loss = nll_bits(logits.float(), tokens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     finite = bool(torch.isfinite(loss).item())
     step = sorted(times[warm:])[len(times[warm:]) // 2]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     return {"samples_per_s": B * L / step, "step_s": step, "warmup_s": sum(times[:warm]),
-            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30, "loss_finite": finite}
+            "peak_mem_gb": peak, "loss_finite": finite}
+
+
+def _cuda_train(cfg_dict, L, B, prec, steps):
+    import torch
+
+    from sashimi import SaShiMi, SaShiMiConfig
+    from sashimi.optim import make_optimizer
+
+    torch.manual_seed(0)
+    model = SaShiMi(SaShiMiConfig.from_dict({**cfg_dict, "l_max": L})).cuda()
+    return time_training(model, L, B, prec, steps, make_optimizer)
 
 
 def _cuda_generate(cfg_dict, B, n, compile_):
@@ -134,8 +150,9 @@ def main_cuda(args, cfg: dict) -> int:
     # eager precisions, then compiled generation, then compiled training (compilation is the slow part:
     # under --time-budget the figures that cost least come first)
     train_all([p for p in precs if p != "compiled"])
-    for B in (int(x) for x in args.gen_batches.split(",") if x):
-        compile_ = not args.no_compile
+    modes = [m for m in args.gen_modes.split(",") if m] if args.gen_modes else \
+        (["eager"] if args.no_compile else ["compiled"])
+    for compile_, B in ((m == "compiled", int(x)) for m in modes for x in args.gen_batches.split(",") if x):
         rec = {"part": "generate", "batch": B, "compiled": compile_}
         label = f"generate batch {B:>3} {'compiled' if compile_ else 'eager'}"
         bound = gen_bound(ar, B, peaks)

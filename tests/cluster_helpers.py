@@ -16,7 +16,6 @@ import yaml
 from cluster.checkpoint import capture_rng, make_payload, save_checkpoint_dir
 from cluster.config import job_from_dict
 from cluster.jobs import load_job
-from cluster.launch import run
 from data_prep.demo import make_demo_corpus
 from data_prep.local_s3 import free_port
 from data_prep.shard import shard_folder
@@ -117,6 +116,8 @@ def run_with_node_loss(cluster, victim, job_path: Path, ready, add_node, outage_
     """Train `job_path` (cluster.launch.run in a thread) and, once `ready()` says the run has a checkpoint,
     kill node `victim` (raylet and workers SIGKILLed), wait `outage_s`, `add_node()` a replacement.
     Node surgery stays in the calling thread (Cluster is not thread-safe). -> (RunInfo, events)."""
+    from cluster.launch import run  # Ray: imported by the tests that need it only
+
     result, events = {}, {}
 
     def train():

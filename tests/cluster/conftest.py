@@ -1,13 +1,15 @@
 """Fixtures of the cluster package's tests."""
 import pytest
-import ray
-
-from cluster import launch
 
 
 @pytest.fixture
 def no_ray(monkeypatch):
-    """Fail the test if anything tries to start or join a Ray cluster (validation must come first)."""
+    """Fail the test if anything tries to start or join a Ray cluster (validation must come first).
+    Ray is imported here, not at module level, so the Ray-free tests of this folder (e.g. the CUDA ones
+    on a GPU machine without Ray) collect without it."""
+    import ray
+
+    from cluster import launch
 
     def boom(*a, **k):
         raise AssertionError("Ray was started")
