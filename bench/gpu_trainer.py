@@ -7,7 +7,10 @@
    model wrapped in DDP (so NCCL's all-reduce runs every step, as in a one-GPU Ray run): wall time, steps/s,
    audio samples/s, val NLL, non-finite steps, peak memory.
 2. Exact resume on the device: `2k` steps straight vs `k` steps, a new Trainer resuming from the
-   checkpoint, `k` more; the final weights and AdamW moments compared (fp32 and bf16).
+   checkpoint, `k` more; the final weights and AdamW moments compared (fp32 and bf16), beside the same
+   comparison of two straight runs (a GPU's run-to-run noise; 0 on a CPU). On the first H200 run resume
+   differed by 6e-5 (fp32) and 1e-3 (bf16) after 40 steps of the quickstart model; that run had no
+   control, so the noise and resume were not told apart.
 3. Two ranks sharing the one device over gloo with CUDA tensors (the DDP path Ray takes for fractional
    GPU shares): `--ddp-steps` steps; both ranks' final weights must be identical.
 
@@ -150,6 +153,10 @@ def resume_check(args, results: dict) -> int:
         try:
             a, a_opt, _, _ = train(job_for(args, f"resume-straight-{prec}", **{"training.max_steps": 2 * k}, **common),
                                    args.device, "straight", fresh=True)
+            # the control: the same straight run again. On a GPU some kernels (atomics in reductions) may
+            # order float sums differently from run to run; resume is judged against that noise
+            a2, a2_opt, _, _ = train(job_for(args, f"resume-straight-{prec}", **{"training.max_steps": 2 * k}, **common),
+                                     args.device, "straight again", fresh=True)
             train(job_for(args, f"resume-split-{prec}", **{"training.max_steps": k}, **common), args.device,
                   "first half", fresh=True)
             b, b_opt, reports, _ = train(job_for(args, f"resume-split-{prec}", **{"training.max_steps": 2 * k}, **common),
@@ -161,13 +168,16 @@ def resume_check(args, results: dict) -> int:
             continue
         resumed_from = reports[-1].get("resumed_from")
         dw, dm = max_diff(a, b), opt_diff(a_opt, b_opt)
-        ok = resumed_from == k and dw <= args.resume_atol and dm <= args.resume_atol
+        rw, rm = max_diff(a, a2), opt_diff(a_opt, a2_opt)
+        allowed_w, allowed_m = max(args.resume_atol, 4 * rw), max(args.resume_atol, 4 * rm)
+        ok = resumed_from == k and dw <= allowed_w and dm <= allowed_m
         failed += not ok
         results[f"resume_{prec}"] = {"steps": 2 * k, "resumed_from": resumed_from, "max_weight_diff": dw,
-                                     "max_adam_moment_diff": dm, "atol": args.resume_atol, "ok": ok}
+                                     "max_adam_moment_diff": dm, "repeat_weight_diff": rw, "repeat_adam_moment_diff": rm,
+                                     "atol": args.resume_atol, "ok": ok}
         print(f"resume {prec:<5}: {2 * k} steps straight vs {k} + resume from step {resumed_from} + {k}: max |weight "
-              f"diff| {dw:.3g}, max |AdamW moment diff| {dm:.3g} (allowed {args.resume_atol:g}) "
-              f"{'ok' if ok else '<-- FAILED'}")
+              f"diff| {dw:.3g}, max |AdamW moment diff| {dm:.3g}; two straight runs differ by {rw:.3g} / {rm:.3g} "
+              f"(allowed: max({args.resume_atol:g}, 4 x that)) {'ok' if ok else '<-- FAILED'}")
     return failed
 
 

@@ -12,9 +12,10 @@ count is printed beside ours. Training goes through `sashimi.bench_cuda.time_tra
 loop: warm-up, median of timed steps, synchronised, peak memory), with plain AdamW. Generation is the
 official recurrent mode: `setup_rnn('diagonal')` (its fastest, per its docstring) and a Python loop of
 `model.step` with the embedding, head and a multinomial draw per sample, at each batch size.
-Its Cauchy kernel runs through PyKeOps when importable (its `backend: cuda` default without its CUDA
-extension, which is not built: ours has none either), else its naive kernel; a training measurement that
-fails with the default is retried once with `backend: naive`, labelled so.
+Its Cauchy kernel runs through PyKeOps when a probe in a child process shows KeOps working (its
+`backend: cuda` default without its CUDA extension, which is not built: ours has none either), else
+its naive kernel; a training measurement that fails with the default is retried once with `backend:
+naive`, labelled so.
 """
 from __future__ import annotations
 
@@ -47,6 +48,29 @@ def build_official(s4_root: str, device: str, backend: str = "cuda"):
 
     torch.manual_seed(0)
     return Official().to(device)
+
+
+KEOPS_PROBE = """
+import sys, torch
+from pykeops.torch import Genred
+f = Genred("SqNorm2(x - y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="Sum", axis=1)
+x = torch.randn(10, 3, device=sys.argv[1])
+print(float(f(x, x).sum()))
+"""
+
+
+def keops_works(device: str) -> tuple[bool, str]:
+    """Whether PyKeOps compiles and runs here, tried in a child process: on the first H200 run the
+    official code's KeOps call crashed the whole process (segmentation fault) after KeOps' C++ binder
+    failed to link ("could not run lto-wrapper"), which no try/except catches."""
+    import subprocess
+
+    try:
+        r = subprocess.run([sys.executable, "-c", KEOPS_PROBE, device], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return False, "timed out"
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    return r.returncode == 0, f"exit {r.returncode}: {lines[-1] if lines else ''}"
 
 
 def time_generation(model, B: int, n: int, device: str) -> dict:
@@ -107,7 +131,12 @@ def main(argv=None) -> int:
             with open(args.out, "a") as f:
                 f.write(json.dumps({"model": "official", **rec}) + "\n")
 
-    model = build_official(args.s4, args.device)
+    ok, why = keops_works(args.device)
+    backends = ("cuda", "naive") if ok else ("naive",)
+    print(f"PyKeOps {'works' if ok else 'unusable (' + why + ')'}: the official Cauchy kernel runs through "
+          f"{'PyKeOps' if ok else 'its naive backend'}")
+    record({"part": "keops_probe", "ok": ok, "detail": why})
+    model = build_official(args.s4, args.device, backends[0])
     ours = SaShiMi(SaShiMiConfig()).num_parameters()
     n = sum(p.numel() for p in model.parameters())
     where = args.device if args.device == "cpu" else torch.cuda.get_device_name(0)
@@ -131,7 +160,7 @@ def main(argv=None) -> int:
                     record({**rec, "error": "skipped: time budget"})
                     continue
                 r = None
-                for backend in ("cuda", "naive"):
+                for backend in backends:
                     try:
                         r = time_training(build_official(args.s4, args.device, backend), L, B, prec,
                                           args.train_steps, device=args.device)
@@ -158,7 +187,7 @@ def main(argv=None) -> int:
             record({**rec, "error": "skipped: time budget"})
             continue
         try:
-            r = time_generation(build_official(args.s4, args.device), B, args.gen_samples, args.device)
+            r = time_generation(build_official(args.s4, args.device, backends[0]), B, args.gen_samples, args.device)
         except Exception as exc:  # noqa: BLE001
             msg = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
             print(f"{label}: failed ({msg})")

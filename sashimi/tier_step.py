@@ -103,11 +103,15 @@ class TierStep(nn.Module):
 
 def _inductor_settings(device: torch.device):
     """Weights and step constants frozen into the code and, on the CPU, C++ GEMM templates for
-    the tiny matrix-vector products (a BLAS call costs more than the product at batch 1)."""
+    the tiny matrix-vector products (a BLAS call costs more than the product at batch 1). Not on
+    CUDA: there max-autotune benchmarks ~19 Triton and cuBLAS choices for every GEMM shape (about 9 s
+    each on an H200, so a compilation outlasted bench/gpu.sh's whole budget) and picked cuBLAS at
+    every shape it finished, which is what plain compilation uses."""
     import torch._inductor.config as inductor_config  # noqa: PLC0415
 
-    backends = "CPP,ATEN" if device.type == "cpu" else "ATEN,TRITON"
-    return inductor_config.patch(freezing=True, max_autotune=True, max_autotune_gemm_backends=backends)
+    if device.type != "cpu":
+        return inductor_config.patch(freezing=True)
+    return inductor_config.patch(freezing=True, max_autotune=True, max_autotune_gemm_backends="CPP,ATEN")
 
 
 class CompiledTier:

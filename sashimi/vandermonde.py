@@ -15,14 +15,16 @@ is two matmuls of the same shape that need only those factors (no hand-written b
 Precision: the factors are formed from the exponent in float64 and rounded once to the matmul
 dtype, so the phase x·l is exact even at l ~ 1e5 (in float32 it drifts by ~l·|x|·6e-8, the old
 S4D kernel's dominant error at long L); only the O(N·L) product runs in float32. The matmul is
-run with autocast disabled (a bf16 kernel would lose ~3 digits); on CUDA it obeys the global
-TF32 setting like every other float32 matmul, so keep TF32 off when exact kernels matter.
+run with autocast disabled (a bf16 kernel would lose ~3 digits) and with TF32 off whatever the
+process's setting (``sashimi.fp32``: training.tf32 is for the linear layers, not the kernels).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from . import fp32
 
 # Block lengths are rounded up to a multiple of this: measured on this CPU (H = 64, N = 64),
 # T ≈ √L rounded to 16 was within 10 % of the best T at L = 1024 ... 128000.
@@ -56,4 +58,4 @@ def vandermonde(c: torch.Tensor, x: torch.Tensor, L: int, dtype: torch.dtype = t
         a = c.unsqueeze(-1) * torch.exp(x.unsqueeze(-1) * qT)  # (..., N, Q)
         left = torch.cat([2 * a.real, -2 * a.imag], dim=-2).transpose(-1, -2).to(dtype)  # (..., Q, 2N)
         right = torch.cat([e.real, e.imag], dim=-2).to(dtype)  # (..., 2N, T)
-        return (left @ right).flatten(-2)[..., :L]
+        return fp32.matmul(left, right).flatten(-2)[..., :L]

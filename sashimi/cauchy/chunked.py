@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..fp32 import no_tf32
+
 # Complex elements of one block's (batch, N, chunk) temporaries.
 BLOCK_ELEMENTS = 1 << 17  # ~1 MB per complex64 temporary: stays in cache (3.5x faster than 32 MB blocks)
 
@@ -46,7 +48,7 @@ class _CauchyChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, z, w):
         ctx.save_for_backward(v, z, w)
-        with torch.no_grad():
+        with torch.no_grad(), no_tf32():  # its matmuls in full float32 even under training.tf32
             a, b, wb = _split(v, w)
             K = z.shape[-1]
             out = torch.empty(a.shape[:-1] + (K,), dtype=v.dtype, device=v.device)
@@ -74,13 +76,14 @@ class _CauchyChunked(torch.autograd.Function):
         zcol, zccol = z.unsqueeze(-1), z.conj().resolve_conj().unsqueeze(-1)  # (K, 1)
         g = g.resolve_conj()
         gconj = g.conj().resolve_conj()  # materialised once, not per block inside matmul
-        for s in range(0, K, step):
-            ac = 1 / (zccol[s:s + step] - wkc)  # conj(a): (..., chunk, N)
-            b = 1 / (zcol[s:s + step] - wkc)
-            gc, gcc = g[..., s:s + step], gconj[..., s:s + step]  # (..., M, chunk)
-            sv += gc @ ac + gcc @ b
-            if need_w:
-                sw += gc @ (ac * ac) + gcc @ (b * b)
+        with no_tf32():
+            for s in range(0, K, step):
+                ac = 1 / (zccol[s:s + step] - wkc)  # conj(a): (..., chunk, N)
+                b = 1 / (zcol[s:s + step] - wkc)
+                gc, gcc = g[..., s:s + step], gconj[..., s:s + step]  # (..., M, chunk)
+                sv += gc @ ac + gcc @ b
+                if need_w:
+                    sw += gc @ (ac * ac) + gcc @ (b * b)
         gv = _sum_to(sv, v.shape) if need_v else None
         gw = _sum_to((v.conj() * sw).sum(-2), w.shape) if need_w else None
         return gv, None, gw

@@ -18,6 +18,19 @@ cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="CUDA-only test: no CUDA dev
                                "(torch.cuda.is_available() is False); run `pytest -m gpu` on a GPU")
 
 
+@pytest.fixture(autouse=True)
+def _full_fp32_matmuls():
+    """TF32 off for these tests, the caller's setting restored after: TF32 is process-wide, and a
+    Trainer run earlier in the session (tests/cluster/test_gpu_trainer.py) turns it on. On the first
+    H200 run it leaked into this file: the linear layers' TF32 rounding put conv and step mode 1e-3
+    apart and the chunked Cauchy kernel 4e-4 from float64 (the kernels now ignore TF32: sashimi.fp32)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(old[1])
+    torch.backends.cuda.matmul.allow_tf32 = old[0]
+
+
 @pytest.mark.parametrize("kernel", ["dplr", "s4d"])
 @pytest.mark.gpu
 @cuda_only
@@ -87,17 +100,31 @@ def test_bf16_training_step_is_finite_on_cuda():
     assert losses[-1] < losses[0] + 0.5  # it trains, not diverges (8 bits/sample at chance)
 
 
+def step_logits(model, tokens: torch.Tensor, compiled: bool) -> torch.Tensor:
+    """Logits of every step of `tokens` (B, T) fed in (teacher forcing), eager or compiled tiers."""
+    model.compile_step(compiled, None)
+    state, out = model.default_state(tokens.shape[0]), []
+    with torch.inference_mode():
+        for t in range(tokens.shape[1]):
+            logits, state = model.step(tokens[:, t], state)
+            out.append(logits)
+    model.compile_step(False)
+    return torch.stack(out, 1)
+
+
 @pytest.mark.gpu
 @cuda_only
-def test_compiled_generation_equals_eager_on_cuda():
-    """As tests/test_generate.py on the CPU: compiled tiers give the same samples, greedy and drawn."""
-    model = SaShiMi(SaShiMiConfig(d_model=16, n_layers=1, d_state=16, l_max=256)).cuda()
-    for temperature in (0.0, 1.0):
-        eager = generate(model, 80, batch=2, temperature=temperature, seed=0)
-        fused = generate(model, 80, batch=2, temperature=temperature, seed=0, compile=True, cache_dir=None)
-        assert eager.is_cuda and fused.is_cuda
-        differ = (eager != fused).nonzero()
-        assert differ.numel() == 0, f"temperature {temperature}: first differing (row, step) {differ[0].tolist()}"
+def test_compiled_steps_equal_eager_steps_on_cuda():
+    """Compiled tiers give the eager tiers' logits on the same inputs (80 steps through pool [4, 4]).
+    Not sampled sequences: on the first H200 run greedy compiled and eager sequences parted at step 49,
+    a near-tie broken differently by Triton's and cuBLAS's rounding, after which nothing compares.
+    1e-4: a few float32 roundings of logits of size ~1 (on the CPU the two agree to ~1e-6)."""
+    torch.manual_seed(0)
+    model = SaShiMi(SaShiMiConfig(d_model=16, n_layers=1, d_state=16, l_max=256)).cuda().eval()
+    tokens = torch.randint(0, 256, (2, 80), device="cuda")
+    eager, fused = step_logits(model, tokens, False), step_logits(model, tokens, True)
+    assert eager.is_cuda and fused.is_cuda
+    assert (fused - eager).abs().max().item() < 1e-4
     with torch.no_grad():  # a weight change must reach the compiled step
         model.head.bias[7] += 100.0
     assert (generate(model, 20, batch=2, temperature=0, seed=0, compile=True, cache_dir=None) == 7).all()
