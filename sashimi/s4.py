@@ -54,10 +54,7 @@ class _FFTConv(torch.autograd.Function):
         n = fft_size(2 * L)
         ctx.save_for_backward(u, k)
         ctx.two_sided = two_sided
-        uf = torch.fft.rfft(u, n=n)
-        if not two_sided:
-            return torch.fft.irfft(uf * torch.fft.rfft(k, n=n), n=n)[..., :L]
-        yf = uf.unsqueeze(1) * _sided_spectrum(k, n)  # (B, 2, H, n/2+1)
+        yf = torch.fft.rfft(u, n=n).unsqueeze(1) * _spectrum(k, n, two_sided)  # (B, S, H, n/2+1)
         return torch.fft.irfft(yf.flatten(1, 2), n=n)[..., :L]
 
     @staticmethod
@@ -65,29 +62,25 @@ class _FFTConv(torch.autograd.Function):
         u, k = ctx.saved_tensors
         L = u.shape[-1]
         n = fft_size(2 * L)
-        gf = torch.fft.rfft(g, n=n)
+        gf = torch.fft.rfft(g, n=n).unflatten(1, (2 if ctx.two_sided else 1, -1))  # (B, S, H, n/2+1)
         gu = gk = None
-        if not ctx.two_sided:
-            if ctx.needs_input_grad[0]:
-                gu = torch.fft.irfft(gf * torch.fft.rfft(k, n=n).conj(), n=n)[..., :L]
-            if ctx.needs_input_grad[1]:
-                gk = torch.fft.irfft((gf * torch.fft.rfft(u, n=n).conj()).sum(0), n=n)[..., :L]
-            return gu, gk, None
-        gf = gf.unflatten(1, (2, -1))  # (B, 2, H, n/2+1)
         if ctx.needs_input_grad[0]:
-            gu = torch.fft.irfft((gf * _sided_spectrum(k, n).conj()).sum(1), n=n)[..., :L]
+            gu = torch.fft.irfft((gf * _spectrum(k, n, ctx.two_sided).conj()).sum(1), n=n)[..., :L]
         if ctx.needs_input_grad[1]:
-            # ∂/∂k of a correlation is the correlation the other way: the conjugate cross-spectrum.
-            cross = (gf * torch.fft.rfft(u, n=n).conj().unsqueeze(1)).sum(0)  # (2, H, n/2+1)
-            cross = torch.stack([cross[0], cross[1].conj()])
+            cross = (gf * torch.fft.rfft(u, n=n).conj().unsqueeze(1)).sum(0)  # (S, H, n/2+1)
+            if ctx.two_sided:  # ∂/∂k of a correlation is the correlation the other way: the conjugate
+                cross = torch.stack([cross[0], cross[1].conj()])
             gk = torch.fft.irfft(cross.flatten(0, 1), n=n)[..., :L]
         return gu, gk, None
 
 
-def _sided_spectrum(k: torch.Tensor, n: int) -> torch.Tensor:
-    """(2H, L) causal-then-anti-causal kernels -> their spectra (2, H, n/2+1) as multipliers of
-    the input's: the anti-causal half conjugated (a correlation)."""
-    kf = torch.fft.rfft(k, n=n).unflatten(0, (2, -1))
+def _spectrum(k: torch.Tensor, n: int, two_sided: bool) -> torch.Tensor:
+    """Kernels (S·H, L) -> their spectra (S, H, n/2+1) as multipliers of the input's spectrum: the
+    anti-causal half (two-sided) conjugated, which makes its product a correlation."""
+    kf = torch.fft.rfft(k, n=n)
+    if not two_sided:
+        return kf.unsqueeze(0)
+    kf = kf.unflatten(0, (2, -1))
     return torch.stack([kf[0], kf[1].conj()])
 
 
