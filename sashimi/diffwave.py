@@ -9,6 +9,15 @@ diffusion step. Layout after albertfgu/diffwave-sashimi (``models/sashimi.py``):
     t (B,) ─ sinusoid(128) ─ Linear 512, swish ─ Linear 512, swish ─ e ─ (each block: its own Linear(512 -> H) of e)
 
 It only runs in convolution mode: sampling evaluates the whole clip once per diffusion step.
+
+Where it differs from the reference's checkpoints (the S4 of January 2022) — the parameter counts
+(22.0M for d_model 128 vs 22.96M; 7.0M for 64 vs 7.48M) differ by exactly these: the reference
+trains a separate low-rank vector Q per channel and direction (stored with C, 64 reals each) and
+keeps Λ, P, B and Δ frozen, where our DPLR layer ties Q to P, shares (Λ, P, B) per layer and
+trains them with Δ; its norms normalise over channels with one scalar scale and shift (ours:
+nn.LayerNorm, per-channel affine); its 1x1 convolutions carry weight normalisation (ours: plain
+nn.Linear). ``unet: false`` follows the paper's wiring (sashimi.unet), which has a residual
+around each up tier that the reference fork's unused ``unet: false`` path lacks.
 """
 from __future__ import annotations
 
