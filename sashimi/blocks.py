@@ -1,7 +1,8 @@
 """SaShiMi's building blocks: residual S4 and feed-forward blocks, and the pooling layers.
 
 Each block has a convolution-mode ``forward`` over (B, L, H) and a ``step`` over one time step,
-so the U-Net can run either way with the same weights.
+so the U-Net can run either way with the same weights. The diffusion backbone uses the same
+blocks, paired and conditioned on the diffusion step (``StepConditionedBlock``); it never steps.
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ class S4Block(nn.Module):
         self.s4 = S4(H, dropout=dropout, **s4_kwargs)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.dropout(self.s4(self.norm(x)))
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``cond`` (B, 1, H), optional: added after the norm, before the S4 layer (DiffWave's
+        diffusion-step conditioning, broadcast over time)."""
+        h = self.norm(x)
+        return x + self.dropout(self.s4(h if cond is None else h + cond))
 
     def step(self, x: torch.Tensor, base: torch.Tensor, cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Step mode (inference: dropout is the identity) -> (output, the S4 input u). The state-only part
@@ -56,6 +60,25 @@ class FFBlock(nn.Module):
         return x + F.linear(h, self.fc2.weight, self.fc2.bias)
 
 
+class StepConditionedBlock(nn.Module):
+    """DiffWave+SaShiMi's residual block: x + S4(LN(x) + W·e), then the feed-forward block, where
+    e is the shared diffusion-step embedding and W this block's own projection of it.
+
+    One U-Net layer (one stored skip in the ``unet: true`` wiring) for the pair, as the reference
+    (albertfgu/diffwave-sashimi), whose U-Net stores one activation per such block."""
+
+    def __init__(self, H: int, cond_dim: int, ff: int, dropout: float = 0.0, **s4_kwargs):
+        super().__init__()
+        self.cond = nn.Linear(cond_dim, H)
+        self.s4 = S4Block(H, dropout=dropout, **s4_kwargs)
+        self.ff = FFBlock(H, ff, dropout) if ff > 0 else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x (B, L, H), emb (B, cond_dim) -> (B, L, H)."""
+        x = self.s4(x, self.cond(emb).unsqueeze(1))
+        return x if self.ff is None else self.ff(x)
+
+
 class DownPool(nn.Module):
     """Fold p consecutive steps into channels, then project: (B, L, H) -> (B, L/p, expand·H)."""
 
@@ -73,17 +96,20 @@ class UpPool(nn.Module):
     """Project, shift right by one pooled step, unfold into p steps: (B, L', H) -> (B, L'·p, H/expand).
 
     The shift is what keeps the U-Net causal: outputs for positions [jp, (j+1)p) come from
-    pooled step j-1, which only saw inputs before jp.
+    pooled step j-1, which only saw inputs before jp. A non-causal U-Net (``causal=False``, the
+    diffusion backbone) unfolds pooled step j into [jp, (j+1)p) itself, without the shift.
     """
 
-    def __init__(self, H: int, expand: int, pool: int):
+    def __init__(self, H: int, expand: int, pool: int, causal: bool = True):
         super().__init__()
-        self.pool, self.H_out = pool, H // expand
+        self.pool, self.H_out, self.causal = pool, H // expand, causal
         self.proj = nn.Linear(H, self.H_out * pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, Lp, _ = x.shape
-        y = F.pad(self.proj(x)[:, :-1], (0, 0, 1, 0))
+        y = self.proj(x)
+        if self.causal:
+            y = F.pad(y[:, :-1], (0, 0, 1, 0))
         return y.reshape(B, Lp * self.pool, self.H_out)
 
     def chunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +117,12 @@ class UpPool(nn.Module):
         return self.proj(x).reshape(x.shape[0], self.pool, self.H_out)
 
 
-def make_blocks(H: int, n_layers: int, ff: int, dropout: float, **s4_kwargs) -> nn.ModuleList:
+def make_blocks(H: int, n_layers: int, ff: int, dropout: float, cond_dim: int | None = None,
+                **s4_kwargs) -> nn.ModuleList:
+    """n_layers S4 blocks, each followed by a feed-forward block when ff > 0; with ``cond_dim``,
+    n_layers StepConditionedBlocks (each pair one layer)."""
+    if cond_dim is not None:
+        return nn.ModuleList(StepConditionedBlock(H, cond_dim, ff, dropout, **s4_kwargs) for _ in range(n_layers))
     layers = []
     for _ in range(n_layers):
         layers.append(S4Block(H, dropout=dropout, **s4_kwargs))

@@ -10,6 +10,9 @@ join (the paper's ``unet: false`` and ``unet: true`` wirings) is written once, i
 
 Step mode is multi-rate: a tier at 1/p rate runs once every p samples (its DownPool buffers
 inputs, its UpPool hands out cached outputs), which is what makes generation fast.
+
+The tiers themselves (``UNetTiers``) are shared with the non-causal diffusion backbone
+(``sashimi.diffwave``), which puts its own input, conditioning and output around them.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from torch import nn
 
 from . import unet
 from .blocks import DownPool, S4Block, UpPool, make_blocks
-from .config import SaShiMiConfig
+from .config import SaShiMiConfig, UNetConfig
 from .tier_step import CompiledTier, TierStep, tier_s4_blocks
 
 
@@ -42,34 +45,78 @@ class SaShiMiState:
     up_buf: list  # per pooling level: the p outputs (B, H) of the previous pooled step
 
 
-class SaShiMi(nn.Module):
-    def __init__(self, config: SaShiMiConfig | None = None, **overrides):
-        super().__init__()
-        cfg = config or SaShiMiConfig(**overrides)
+class UNetTiers(nn.Module):
+    """SaShiMi's tiers over (B, L, d_model) activations: each level's down-path blocks and
+    DownPool, the centre, each level's UpPool and up-path blocks (wiring: sashimi.unet).
+
+    A subclass builds its own input layers first, then calls ``_build_tiers`` (module order, and
+    so the order random initialisation draws in, is input, tiers, output)."""
+
+    config_class: type[UNetConfig] = UNetConfig  # the config type a subclass is built from
+
+    def _set_config(self, config: UNetConfig | None, overrides: dict) -> UNetConfig:
+        """The model's config: ``config``, or the defaults, with ``overrides`` applied; of this
+        model's own config type (a sibling's config is refused, not reinterpreted)."""
+        kind = self.config_class
+        cfg = config or kind(**overrides)
         if overrides and config is not None:
-            cfg = SaShiMiConfig.from_dict({**cfg.to_dict(), **overrides})
+            cfg = kind.from_dict({**cfg.to_dict(), **overrides})
+        if not isinstance(cfg, kind):
+            raise TypeError(f"{type(self).__name__} is built from a {kind.__name__}, got a {type(cfg).__name__}")
         self.config = cfg
+        return cfg
+
+    @classmethod
+    def from_config(cls, cfg: UNetConfig | dict):
+        """From a config or its ``to_dict()`` (what checkpoints store)."""
+        return cls(cfg if isinstance(cfg, UNetConfig) else cls.config_class.from_dict(cfg))
+
+    def _build_tiers(self, cfg: UNetConfig, causal: bool = True, cond_dim: int | None = None) -> None:
+        """``causal``: UpPools shift by one pooled step; ``cond_dim``: the blocks are
+        StepConditionedBlocks taking an embedding of that width (run them with ``_tier``'s ``run``)."""
         s4_kwargs = cfg.s4_kwargs()
         H, l_max = cfg.d_model, cfg.l_max
-        self.embed = nn.Embedding(cfg.n_classes, H)
+
+        def blocks(h: int, n: int, lm: int) -> nn.ModuleList:
+            return make_blocks(h, n, cfg.ff, cfg.dropout, cond_dim=cond_dim, l_max=lm, **s4_kwargs)
+
         self.down_blocks, self.down_pools, self.up_pools, self.up_blocks = (nn.ModuleList() for _ in range(4))
         widths = []
         for p in cfg.pool:
-            n_down = cfg.n_layers if cfg.unet else 0
-            self.down_blocks.append(make_blocks(H, n_down, cfg.ff, cfg.dropout, l_max=l_max, **s4_kwargs))
+            self.down_blocks.append(blocks(H, cfg.n_layers if cfg.unet else 0, l_max))
             self.down_pools.append(DownPool(H, cfg.expand, p))
             widths.append((H, l_max))
             H, l_max = H * cfg.expand, max(1, -(-l_max // p))
-        self.center = make_blocks(H, cfg.n_layers, cfg.ff, cfg.dropout, l_max=l_max, **s4_kwargs)
+        self.center = blocks(H, cfg.n_layers, l_max)
         for (h, lm), p in zip(widths, cfg.pool):
-            self.up_pools.append(UpPool(h * cfg.expand, cfg.expand, p))
-            self.up_blocks.append(make_blocks(h, cfg.n_layers, cfg.ff, cfg.dropout, l_max=lm, **s4_kwargs))
+            self.up_pools.append(UpPool(h * cfg.expand, cfg.expand, p, causal=causal))
+            self.up_blocks.append(blocks(h, cfg.n_layers, lm))
+
+    def _tier(self, level: int, x: torch.Tensor, run: unet.Run = _apply) -> torch.Tensor:
+        """Tier ``level`` and every slower one below it over whole sequences (wiring: sashimi.unet)."""
+        if level == len(self.config.pool):
+            return unet.centre(self.center, x, run)
+        s, stored = unet.down(self.down_blocks[level], x, run)
+        unpooled = self.up_pools[level](self._tier(level + 1, self.down_pools[level](s), run))
+        return unet.up(self.up_blocks[level], unpooled, stored, run, self.config.unet)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class SaShiMi(UNetTiers):
+    config_class = SaShiMiConfig
+
+    def __init__(self, config: SaShiMiConfig | None = None, **overrides):
+        super().__init__()
+        cfg = self._set_config(config, overrides)
+        if cfg.bidirectional:
+            raise ValueError("model.bidirectional: the autoregressive SaShiMi must be causal "
+                             "(bidirectional S4 layers are for the diffusion backbone, DiffWaveConfig)")
+        self.embed = nn.Embedding(cfg.n_classes, cfg.d_model)
+        self._build_tiers(cfg, causal=True)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.n_classes)
-
-    @classmethod
-    def from_config(cls, cfg: SaShiMiConfig | dict) -> "SaShiMi":
-        return cls(cfg if isinstance(cfg, SaShiMiConfig) else SaShiMiConfig.from_dict(cfg))
 
     # ---- convolution mode ------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -80,14 +127,6 @@ class SaShiMi(nn.Module):
         if pad:
             x = F.pad(x, (0, 0, 0, pad))
         return self.head(self.norm(self._tier(0, x)[:, :L]))
-
-    def _tier(self, level: int, x: torch.Tensor) -> torch.Tensor:
-        """Tier ``level`` and every slower one below it over whole sequences (wiring: sashimi.unet)."""
-        if level == len(self.config.pool):
-            return unet.centre(self.center, x, _apply)
-        s, stored = unet.down(self.down_blocks[level], x, _apply)
-        unpooled = self.up_pools[level](self._tier(level + 1, self.down_pools[level](s)))
-        return unet.up(self.up_blocks[level], unpooled, stored, _apply, self.config.unet)
 
     # ---- step mode -------------------------------------------------------------------------
     def _s4_blocks(self):
@@ -193,6 +232,3 @@ class SaShiMi(nn.Module):
         out = self._run_tier(0, tokens, state.t, state, self._tiers(state.consts), noise)
         state.t += 1
         return out
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
