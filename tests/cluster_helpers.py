@@ -18,7 +18,7 @@ from cluster.config import job_from_dict
 from cluster.jobs import load_job
 from cluster.launch import run
 from data_prep.demo import make_demo_corpus
-from data_prep.local_s3 import free_port
+from s3_server import free_port
 from data_prep.shard import shard_folder
 from sashimi import SaShiMi
 
@@ -30,8 +30,7 @@ def make_demo_shards(root: Path, minutes: float = 0.3) -> Path:
     """A tiny real corpus: demo audio -> data_prep sharding (1 s clips). Returns the shard dir."""
     src, out = root / "src", root / "shards"
     make_demo_corpus(src, minutes=minutes, seed=0)
-    shard_folder(src, out, "generic", sample_rate=16000, clip_seconds=1.0, seed=0, progress=False,
-                 log=lambda msg: None)
+    shard_folder(src, out, "generic", sample_rate=16000, clip_seconds=1.0, seed=0, progress=False)
     return out
 
 

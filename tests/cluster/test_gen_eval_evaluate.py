@@ -32,7 +32,7 @@ def shards(tmp_path_factory):
         sf.write(src / f"f{i}.wav", x.astype(np.float32), 8000)
     out = root / "shards"
     shard_folder(src, out, "generic", sample_rate=4000, clip_seconds=0.1, split=(0.34, 0.0, 0.66), pad_last=True,
-                 seed=0, shard_max_mb=0.004, progress=False, log=lambda m: None)
+                 seed=0, shard_max_mb=0.004, progress=False)
     return out
 
 
