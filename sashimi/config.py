@@ -7,6 +7,12 @@ from dataclasses import dataclass
 KERNELS = ("dplr", "s4d")
 S4D_INITS = ("inv", "lin")
 CAUCHY_BACKENDS = ("auto", "naive", "chunked", "keops")
+# The keys that decide what the weights are: their shapes, or (l_max, DPLR only) what a stored tensor
+# means. A checkpoint fits a config when these agree; the others only draw the initial weights
+# (s4d_init, dt_min/dt_max, c_init_var, b_clip), regularise (dropout) or choose an implementation
+# (cauchy_backend), so changing them on resume is safe.
+WEIGHT_KEYS = ("d_model", "n_layers", "pool", "expand", "ff", "d_state", "n_ssm", "n_classes", "kernel", "glu",
+               "unet")
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,11 @@ class SaShiMiConfig:
         return dict(d_state=self.d_state, kernel=self.kernel, s4d_init=self.s4d_init, n_ssm=self.n_ssm,
                     dt_min=self.dt_min, dt_max=self.dt_max, glu=self.glu, backend=self.cauchy_backend,
                     c_init_var=self.c_init_var, b_clip=self.b_clip)
+
+    def weight_keys(self) -> tuple[str, ...]:
+        """WEIGHT_KEYS, plus l_max for the DPLR kernel, which stores C̃ = C(I - dA^l_max) (defined at
+        l_max); S4D's weights do not depend on a length."""
+        return WEIGHT_KEYS + (("l_max",) if self.kernel == "dplr" else ())
 
     @property
     def total_pool(self) -> int:
