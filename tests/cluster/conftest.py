@@ -2,7 +2,7 @@
 import pytest
 import ray
 
-from cluster import launch
+from cluster.driver import launch
 
 
 @pytest.fixture

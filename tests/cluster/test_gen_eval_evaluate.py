@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from cluster.evaluate import main, split_round_robin
+from cluster.tools.evaluate import main, split_round_robin
 from data_prep.manifest import shard_paths
 from data_prep.schema import decode_sample
 from data_prep.shard import shard_folder

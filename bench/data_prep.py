@@ -1,4 +1,4 @@
-"""``python -m data_prep.bench``: sharding and read-back throughput on synthetic audio.
+"""``python -m bench.data_prep``: sharding and read-back throughput on synthetic audio.
 
 Synthesises N files of 44.1 kHz stereo FLAC (default 12 x 5 min = 1 h) in a temp dir,
 shards them at 16 kHz with the youtube-mix preset, then reads the train shards back
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .demo import synth_piece
-from .manifest import SPLITS, shard_paths
-from .schema import decode_sample
-from .shard import shard_folder
+from data_prep.demo import synth_piece
+from data_prep.manifest import SPLITS, shard_paths
+from data_prep.schema import decode_sample
+from data_prep.shard import shard_folder
 
 
 def synth_corpus(root: Path, files: int, minutes: float, sr: int, fmt: str) -> int:
@@ -57,7 +57,7 @@ def read_back(out: Path) -> tuple[int, float, float]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data_prep.bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.data_prep", description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=12)
     ap.add_argument("--minutes", type=float, default=5.0, help="minutes per file")
     ap.add_argument("--source-rate", type=int, default=44100)
