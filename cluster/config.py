@@ -53,7 +53,7 @@ class TrainingConfig:
     batch_per_worker: int = 1
     grad_accum: int = 1  # micro-batches per optimiser step
     clip_norm: Optional[float] = 1.0  # null = no clipping
-    # bf16: autocast; fp16: autocast + GradScaler (cluster/precision.py). Both only on GPU (fp32 on a CPU).
+    # bf16: autocast; fp16: autocast + GradScaler (cluster/train/precision.py). Both only on GPU (fp32 on a CPU).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     tf32: bool = True  # TF32 fp32 matmuls on CUDA (Ampere and newer); false: full fp32 products
     compile: bool = False  # run the training forward under torch.compile (measured: docs/benchmarks.md)

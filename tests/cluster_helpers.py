@@ -123,7 +123,7 @@ def write_mnist_idx(d: Path, n_train: int = 40, n_test: int = 12, seed: int = 0)
 
 
 def run_with_node_loss(cluster, victim, job_path: Path, ready, add_node, outage_s: float):
-    """Train `job_path` (cluster.launch.run in a thread) and, once `ready()` says the run has a checkpoint,
+    """Train `job_path` (cluster.driver.launch.run in a thread) and, once `ready()` says the run has a checkpoint,
     kill node `victim` (raylet and workers SIGKILLed), wait `outage_s`, `add_node()` a replacement.
     Node surgery stays in the calling thread (Cluster is not thread-safe). -> (RunInfo, events)."""
     result, events = {}, {}

@@ -52,7 +52,7 @@ class Payload(TypedDict):
     format_version: int
     model: dict  # parameter name -> CPU tensor
     optimizer: dict  # torch optimizer state_dict
-    scheduler: dict  # cluster.schedule.LRSchedule state_dict
+    scheduler: dict  # cluster.train.schedule.LRSchedule state_dict
     step: int  # optimiser steps done
     data: DataPosition
     rng: dict  # the saving rank's RNG states (see manager.capture_rng) and "per_rank": one per rank

@@ -1,5 +1,5 @@
 """What runs a rank provides: the Ray worker (cluster/train/ray_worker.py), the one-process runtime
-(cluster/train/local.py) and the tests each build a `Runtime` and call `cluster.train.trainer.train_rank`."""
+(cluster/driver/local.py) and the tests each build a `Runtime` and call `cluster.train.trainer.train_rank`."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -2,7 +2,7 @@
 
 `Runtime` (cluster/train/runtime.py) is what the trainer needs from whatever runs it: rank, world size,
 device, a `report` callable and the checkpoint it offers to resume from. cluster/train/ray_worker.py
-builds one from Ray Train; cluster/train/local.py one for a single process without Ray. What depends on
+builds one from Ray Train; cluster/driver/local.py one for a single process without Ray. What depends on
 the job's task (model, examples, loss, validation metrics, what happens after an evaluation and after
 the last step) is the task plug-in's (cluster/tasks/); what a checkpoint holds and when, the checkpoint
 manager's (cluster/checkpoint/manager.py).

@@ -1,7 +1,7 @@
 """Faults under real Ray Train V2 runs on the CPU: SIGKILLed workers, a checkpoint torn by a crash while it
 was written, NaN losses, a truncated shard under 2-worker DDP, and a soak run with all of them. Every run
 is tiny (d_model 16, 1 layer, crop 256, checkpoint every 2 steps); faults come from the test-only
-SASHIMI_TEST_FAULTS plan (cluster/faults.py), each kill/tear firing once."""
+SASHIMI_TEST_FAULTS plan (cluster/train/faults.py), each kill/tear firing once."""
 from __future__ import annotations
 
 import json
