@@ -35,18 +35,16 @@ atomic_torch_save(make_state(model_state=net.state_dict(), optimizer_state={}, s
                              data_seed=0, world_size=1, job=job.to_dict()), os.path.join(sys.argv[1], "state.pt"))
 EOF
 )
-(cd "$ROOT" && "$PY" - "$OUT_DIR/ckpt-new" <<'EOF'
+NEW_CKPT=$(cd "$ROOT" && "$PY" - "$OUT_DIR/run-new" <<'EOF'
 import sys
 import torch
-from cluster.checkpoint import capture_rng, make_payload, save_checkpoint_dir
+from cluster.checkpoint import CheckpointManager, TrainState
 from cluster.config import job_from_dict
 from sashimi import SaShiMi, SaShiMiConfig
 torch.manual_seed(0)
 net = SaShiMi(SaShiMiConfig())
 job = job_from_dict({"name": "wall", "data": {"shards": "/nonexistent-shards"}}, "<wall>")
-save_checkpoint_dir(sys.argv[1], make_payload(model_state=net.state_dict(), optimizer_state={}, scheduler_state={},
-                    step=0, data_seed=0, world_size=1, job=job.to_dict(), rng={"per_rank": [capture_rng()]},
-                    sample_rate=16000))
+print(CheckpointManager(job, sys.argv[1], model=net, state=TrainState(), sample_rate=16000).save())
 EOF
 )
 
@@ -60,8 +58,8 @@ one() {
         (cd "$OLD" && PYTHONPATH="$OLD" "$PY" -m cluster.generate_cli "$OUT_DIR/ckpt-old" --seconds "$secs" \
             --seed 0 --quiet --out "$out" "$@") > "$out.log" 2>&1
     else
-        (cd "$ROOT" && SASHIMI_COMPILE_CACHE="$OUT_DIR/cache-$secs-$mode" "$PY" -m cluster.generate_cli \
-            "$OUT_DIR/ckpt-new" --seconds "$secs" --seed 0 --quiet --out "$out" "$@") > "$out.log" 2>&1
+        (cd "$ROOT" && SASHIMI_COMPILE_CACHE="$OUT_DIR/cache-$secs-$mode" "$PY" -m cluster.tools.generate \
+            "$NEW_CKPT" --seconds "$secs" --seed 0 --quiet --out "$out" "$@") > "$out.log" 2>&1
     fi
     t1=$(date +%s.%N)
     ls "$out"/*.wav > /dev/null  # the WAV exists, or the run failed

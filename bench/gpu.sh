@@ -170,7 +170,7 @@ fi
 if ! want ray; then
     :
 elif "$PY" -c "import ray, ray.train.torch" > "$OUT_DIR/ray-import.log" 2>&1; then
-    QS=("$PY" -m cluster.cli jobs/quickstart.yaml --fresh --no-wav "checkpoint.storage=$SCRATCH/runs"
+    QS=("$PY" -m cluster.driver.cli jobs/quickstart.yaml --fresh --no-wav "checkpoint.storage=$SCRATCH/runs"
         "data.shards=$SCRATCH/trainer/data/shards")
     if [ "$CUDA" = 1 ]; then
         part ray-1gpu "${T_RAY:-120}" "${QS[@]}" name=ray-gpu1 scaling.use_gpu=true scaling.num_workers=1 \

@@ -35,21 +35,16 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cluster.checkpoint import copy_checkpoint_dir, prune  # noqa: E402
-from cluster.config import job_from_dict  # noqa: E402
-from cluster.jobs import load_job  # noqa: E402
-from cluster.prepare import prepare  # noqa: E402
-from cluster.trainer import Runtime, TrainData, Trainer  # noqa: E402
+from cluster.driver.jobs import load_job  # noqa: E402
+from cluster.driver.prepare import prepare  # noqa: E402
+from cluster.train.runtime import Runtime  # noqa: E402
+from cluster.train.trainer import Trainer  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def quiet(msg: str) -> None:
-    pass
 
 
 def job_for(args, name: str, **overrides) -> object:
@@ -65,7 +60,7 @@ def job_for(args, name: str, **overrides) -> object:
 def train(job, device: str, where: str, fresh: bool, world: int = 1, rank: int = 0,
           backend: str | None = None, port: int | None = None):
     """prepare() as the driver does, then one rank's Trainer under a process group. -> (trainer, reports, s)."""
-    cfg = prepare(job, where, fresh, log=quiet)  # ranks > 0 come with fresh=False: the run dir is kept
+    config = prepare(job, where, fresh)  # ranks > 0 come with fresh=False: the run dir is kept
     dev = torch.device(device, 0) if device == "cuda" else torch.device("cpu")
     if device == "cuda":
         torch.cuda.set_device(dev)
@@ -73,20 +68,15 @@ def train(job, device: str, where: str, fresh: bool, world: int = 1, rank: int =
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port or free_port()}", rank=rank,
                             world_size=world)
     reports: list[dict] = []
-    run_dir = str(Path(job.checkpoint.storage) / job.name)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        """What Ray does with a report: keep the metrics, persist rank 0's checkpoint into the run dir."""
+        """Keep the metrics (no registry: the checkpoint manager writes into the run dir itself)."""
         reports.append(dict(metrics))
-        if checkpoint_dir is not None:
-            copy_checkpoint_dir(checkpoint_dir, run_dir)
-            prune(run_dir, job.checkpoint.keep)
 
     ddp = (lambda m: torch.nn.parallel.DistributedDataParallel(m, device_ids=[dev.index] if backend == "nccl" else None))
-    runtime = Runtime(rank=rank, world_size=world, device=dev, report=report,
-                      prepare_model=ddp, log=print if rank == 0 else quiet)
+    runtime = Runtime(rank=rank, world_size=world, device=dev, report=report, prepare_model=ddp)
     t0 = time.perf_counter()
-    trainer = Trainer(job_from_dict(cfg["job"], where), runtime, TrainData.from_worker_config(cfg))
+    trainer = Trainer(config, runtime)
     trainer.run()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -194,7 +184,7 @@ def ddp_check(args, results: dict) -> int:
 
     out = Path(args.out).resolve()
     # prepared once here (the demo data exists; a fresh run dir), as the driver would before starting ranks
-    prepare(job_for(args, "ddp-gloo-2ranks", **{"training.max_steps": args.ddp_steps}), "2 ranks", True, log=quiet)
+    prepare(job_for(args, "ddp-gloo-2ranks", **{"training.max_steps": args.ddp_steps}), "2 ranks", True)
     try:
         mp.start_processes(_ddp_rank, args=(2, free_port(), args, str(out)), nprocs=2, start_method="spawn")
         r0, r1 = (torch.load(out / f"ddp_rank{r}.pt", weights_only=True) for r in (0, 1))

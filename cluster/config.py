@@ -1,5 +1,7 @@
 """Typed schema of a training job. Validation happens here, on the driver, before any Ray
-resource is requested, so a typo costs a second instead of a cluster allocation."""
+resource is requested, so a typo costs a second instead of a cluster allocation. A JobConfig is
+frozen: what the driver validated (and made absolute, cluster.driver.prepare) is what every worker
+trains; a changed job is a new object (`dataclasses.replace`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +17,7 @@ class JobConfigError(ValueError):
     """A job spec is invalid; the message names the file and the dotted key."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     shards: str = "data/shards"  # data_prep output dir: manifest.json + <split>/shard-*.tar
     train_split: str = "train"
@@ -28,14 +30,14 @@ class DataConfig:
     on_bad_sample: Literal["skip", "stop"] = "skip"  # truncated shard / undecodable sample: log + skip, or fail
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     lr: float = 4e-3
     weight_decay: float = 0.0
     ssm_lr: float = 1e-3  # A, B, dt of the SSM, never weight-decayed
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScheduleConfig:
     kind: Literal["plateau", "cosine", "constant"] = "plateau"
     warmup_steps: int = 0
@@ -45,20 +47,20 @@ class ScheduleConfig:
     min_lr_scale: float = 0.0  # floor for the schedule's multiplier (cosine end / plateau floor)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingConfig:
     max_steps: int = 1000  # optimiser steps
     batch_per_worker: int = 1
     grad_accum: int = 1  # micro-batches per optimiser step
     clip_norm: Optional[float] = 1.0  # null = no clipping
-    # bf16: autocast; fp16: autocast + GradScaler (cluster/precision.py). Both only on GPU (fp32 on a CPU).
+    # bf16: autocast; fp16: autocast + GradScaler (cluster/train/precision.py). Both only on GPU (fp32 on a CPU).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     tf32: bool = True  # TF32 fp32 matmuls on CUDA (Ampere and newer); false: full fp32 products
     compile: bool = False  # run the training forward under torch.compile (measured: docs/benchmarks.md)
     max_nonfinite_steps: int = 10  # NaN/Inf loss or gradients: skip the step; stop after this many in a row
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScalingConfig:
     num_workers: int = 1
     use_gpu: bool = False
@@ -67,7 +69,7 @@ class ScalingConfig:
     torch_threads: Optional[int] = None  # null = the CPUs reserved per worker
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 500  # optimiser steps between checkpoints (and data-stream segments)
     keep: int = 3
@@ -77,12 +79,12 @@ class CheckpointConfig:
     init_from: Optional[str] = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class FailureConfig:
     max_failures: int = 3  # worker-group restarts from the last checkpoint; -1 = forever
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     every: int = 500
     val_batches: int = 8
@@ -90,17 +92,18 @@ class EvalConfig:
     generate_samples: int = 16000  # length of the audio clip logged each evaluation; 0 = none
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoggingConfig:
     every: int = 10
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobConfig:
     name: str
     data: DataConfig = field(default_factory=DataConfig)
     # Both tasks' models are configured by SaShiMiConfig (the classifier ignores pool/expand/unet); parsed
-    # once, in job_from_dict, with l_max defaulting to data.crop.
+    # once, in job_from_dict, with l_max defaulting to data.crop (SaShiMiConfig.weight_keys says which of
+    # its keys a resumed checkpoint must agree on).
     model: SaShiMiConfig = field(default_factory=SaShiMiConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -113,14 +116,24 @@ class JobConfig:
     seed: int = 0
     # "generate": SaShiMi next-token training; "classify": the S4 sequence classifier
     # (sashimi.classifier) on labelled samples, scored on the test split at the end. Both run through
-    # sashimi-train; cluster/tasks.py holds what differs.
+    # sashimi-train; what differs is a plug-in in cluster/tasks/ (registered there by this name).
     task: Literal["generate", "classify"] = "generate"
+
+    def due(self, step: int, every: int) -> bool:
+        """Whether something done every `every` steps (logging, evaluation, a checkpoint) happens after
+        optimiser step `step`: at its multiples, and at the last step."""
+        return step % every == 0 or step == self.training.max_steps
 
     def to_dict(self) -> dict:
         """Plain data (what checkpoints store as JSON and Ray hands to the workers)."""
         out = dataclasses.asdict(self)
         out["model"] = self.model.to_dict()
         return out
+
+
+def task_name(job: JobConfig | dict) -> str:
+    """A job's task; a stored job (a dict) written before `task` existed is a generate job."""
+    return job.task if isinstance(job, JobConfig) else (job.get("task") or "generate")
 
 
 # Range checks: dotted key -> (predicate, description).
@@ -225,7 +238,7 @@ def job_from_dict(raw: Any, where: str = "<job>") -> JobConfig:
     if not isinstance(raw, dict):
         raise JobConfigError(f"{where}: top level: expected a mapping, got {type(raw).__name__}")
     job = _build(JobConfig, {k: v for k, v in raw.items() if k != "model"}, "", where)
-    job.model = _model_config(raw.get("model", {}), job.data.crop, where)
+    job = dataclasses.replace(job, model=_model_config(raw.get("model", {}), job.data.crop, where))
     if job.scaling.use_gpu is False and job.scaling.resources_per_worker.get("GPU"):
         raise JobConfigError(f"{where}: scaling.resources_per_worker: asks for GPU but scaling.use_gpu is false")
     for k, v in job.scaling.resources_per_worker.items():

@@ -1,11 +1,12 @@
 """Where a run's files live, built in this one place:
 
     <checkpoint.storage>/<name>/
-        checkpoint_step<9 digits>[-r<time>]/state.pt   (cluster.checkpoint.store)
+        checkpoint_step<9 digits>[-r<time>]/          (cluster/checkpoint/store.py)
+            job.json, state.pt                       the job (the driver checks it), then the payload
         tensorboard/                                 rank 0's TensorBoard events
         samples/step<9 digits>.wav                   the WAV sashimi-train writes at the end
         test_result.json                             a classify run's final test accuracy
-        FATAL.json                                   why the run stopped for good (cluster.stops)
+        FATAL.json                                   why the run stopped for good (cluster/train/stops.py)
 
 `checkpoint.storage` may be a URI (s3://..., any fsspec filesystem): Ray persists checkpoints there, and
 everything this project writes itself (TensorBoard events, the WAV, the test result) goes there through

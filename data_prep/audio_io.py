@@ -1,7 +1,10 @@
-"""Decode any libsndfile-readable file to mono float32 at the target rate.
+"""Decode any libsndfile-readable file to mono float32 at the target rate, or probe its header alone.
 
 Every failure becomes ``BadAudio(reason)`` so one bad file is reported, not fatal. A WAV/AIFF cut off
 mid-data (fewer frames than its header promises) is rejected as truncated, not kept as a short clip.
+``probe`` gives the same verdicts from the header (and the frames libsndfile finds) without decoding,
+so the sharder can draw its splits over the usable files before it decodes any of them; what only
+decoding shows (NaN samples, a corrupt stream behind a good header) is still caught by ``load_mono``.
 torch/torchaudio are imported only when a file actually needs resampling.
 """
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
@@ -72,6 +76,19 @@ def _resampler(orig_sr: int, target_sr: int):
     return AT.Resample(orig_sr, target_sr)
 
 
+def resampled_length(frames: int, orig_sr: int, target_sr: int) -> int:
+    """How many samples ``resample`` returns for ``frames`` input samples (without running it): the
+    sinc path's ceil(new·n/orig) over the gcd-reduced rates in float32, as torchaudio computes it, or
+    the FFT path's rounding."""
+    if orig_sr == target_sr:
+        return int(frames)
+    g = math.gcd(int(orig_sr), int(target_sr))
+    orig, new = int(orig_sr) // g, int(target_sr) // g
+    if orig * new > MAX_SINC_KERNEL:
+        return max(1, int(round(frames * target_sr / orig_sr)))
+    return int(np.ceil(np.float32(new * frames / orig)))
+
+
 def fft_resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample by truncating/zero-padding the spectrum (for awkward rate ratios)."""
     n = len(audio)
@@ -85,12 +102,49 @@ def fft_resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return (np.fft.irfft(out_spec, m) * (m / n)).astype(np.float32)
 
 
-def load_mono(path: str, target_sr: int) -> tuple[np.ndarray, dict]:
-    """Return (mono float32 audio at ``target_sr``, info dict with source rate/channels/frames)."""
+@dataclass(frozen=True)
+class AudioHeader:
+    sample_rate: int
+    channels: int
+    frames: int  # what libsndfile finds in the file (fewer than the header promises: truncated)
+
+
+def probe(path: str) -> AudioHeader:
+    """The file's rate, channels and frames from its header, without decoding the audio; BadAudio with
+    ``load_mono``'s reason for an unreadable, undecodable, truncated or empty file."""
+    _check_readable(path)
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise BadAudio(f"not decodable audio: {_short(e, path)}") from None
+    except OSError as e:
+        raise BadAudio(f"unreadable: {e.strerror or e}") from None
+    _check_frames(path, info.samplerate, info.frames)
+    return AudioHeader(int(info.samplerate), int(info.channels), int(info.frames))
+
+
+def _check_readable(path: str) -> None:
     try:
         open(path, "rb").close()  # libsndfile reports a missing/unreadable file as "System error"
     except OSError as e:
         raise BadAudio(f"unreadable: {e.strerror or e}") from None
+
+
+def _check_frames(path: str, sr: int, frames: int) -> None:
+    """A positive rate, every frame the header promises present, at least one frame."""
+    if sr <= 0:
+        raise BadAudio(f"invalid sample rate {sr}")
+    declared = declared_frames(path)
+    if declared is not None and frames < declared:
+        raise BadAudio(f"truncated: the header promises {declared} frames ({declared / sr:.3f} s) but the file "
+                       f"holds {frames} ({frames / sr:.3f} s); re-export or repair it to use it")
+    if frames == 0:
+        raise BadAudio("empty: 0 audio frames")
+
+
+def load_mono(path: str, target_sr: int) -> tuple[np.ndarray, dict]:
+    """Return (mono float32 audio at ``target_sr``, info dict with source rate/channels/frames)."""
+    _check_readable(path)
     try:
         with sf.SoundFile(path) as f:
             sr, channels = f.samplerate, f.channels
@@ -100,14 +154,7 @@ def load_mono(path: str, target_sr: int) -> tuple[np.ndarray, dict]:
         raise BadAudio(f"not decodable audio: {_short(e, path)}") from None
     except OSError as e:
         raise BadAudio(f"unreadable: {e.strerror or e}") from None
-    if sr <= 0:
-        raise BadAudio(f"invalid sample rate {sr}")
-    declared = declared_frames(path)
-    if declared is not None and data.shape[0] < declared:
-        raise BadAudio(f"truncated: the header promises {declared} frames ({declared / sr:.3f} s) but the file "
-                       f"holds {data.shape[0]} ({data.shape[0] / sr:.3f} s); re-export or repair it to use it")
-    if data.shape[0] == 0:
-        raise BadAudio("empty: 0 audio frames")
+    _check_frames(path, sr, data.shape[0])
     if data.dtype == np.float32 and not np.all(np.isfinite(data)):
         raise BadAudio("contains NaN/inf samples")
     mono = downmix(data)

@@ -73,7 +73,12 @@ def _check_relative(path: str, rel: str) -> None:
 
 def shard_paths(out_dir: str | os.PathLike, split: str) -> list[str]:
     """Absolute paths of ``split``'s shards, in manifest order (empty list for an empty split)."""
-    m = load_manifest(out_dir)
+    return split_shards(load_manifest(out_dir), out_dir, split)
+
+
+def split_shards(m: dict, out_dir: str | os.PathLike, split: str) -> list[str]:
+    """``shard_paths`` from a manifest already read with ``load_manifest`` (a reader that needs several
+    splits and facts of one dataset reads its manifest once)."""
     if split not in m["splits"]:
         raise ManifestError(f"{manifest_path(out_dir)}: no split {split!r} (has {sorted(m['splits'])})")
     root = out_dir if storage.is_uri(out_dir) else Path(out_dir).resolve()

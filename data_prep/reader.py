@@ -10,10 +10,10 @@ tools that never build a model.
 """
 from __future__ import annotations
 
-import sys
 import tarfile
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
+from .logs import log
 from .schema import Sample, SampleError, decode_sample
 from .tarshard import iter_tar_samples
 
@@ -37,20 +37,15 @@ class BadDataError(RuntimeError):
         return self.message
 
 
-def _log(msg: str) -> None:
-    sys.stderr.write(f"[sashimi] {msg}\n")
-    sys.stderr.flush()
-
-
 class BadSamplePolicy:
     """``data.on_bad_sample`` for one reader: `tar_error` handles a shard that cannot be read (the rest
     of it is skipped), `sample_error` a sample that fails to decode. Each distinct problem is logged once
     per process; repeats are only counted."""
 
-    def __init__(self, mode: str = "skip", log: Callable[[str], None] = _log, max_in_a_row: int | None = None):
+    def __init__(self, mode: str = "skip", max_in_a_row: int | None = None):
         if mode not in ("skip", "stop"):
             raise ValueError(f"data.on_bad_sample must be 'skip' or 'stop', got {mode!r}")
-        self.mode, self.log = mode, log
+        self.mode = mode
         self.max_in_a_row = MAX_BAD_IN_A_ROW if max_in_a_row is None else max_in_a_row
         self.skipped, self.in_a_row, self.seen = 0, 0, set()
 
@@ -59,7 +54,7 @@ class BadSamplePolicy:
         self.in_a_row += 1
         if what not in self.seen and len(self.seen) < 1000:
             self.seen.add(what)
-            self.log(f"data: skipping {what} (data.on_bad_sample=skip)")
+            log.info(f"data: skipping {what} (data.on_bad_sample=skip)")
         if self.in_a_row >= self.max_in_a_row:
             raise BadDataError(f"{self.in_a_row} bad shards/samples in a row and no good sample, last: {what}; "
                                f"check the shard directory with `sashimi-prep verify`")

@@ -1,12 +1,16 @@
 """``shard_folder``: a folder of audio -> per-split WebDataset shards + manifest.
 
 Order of work: delete the old manifest (so a dataset is never "complete" while being
-rebuilt), remove stale shards, decode files in a process pool, stream encoded clips into
-atomic per-split shard writers (again, once, if rejections emptied a split), write
-``rejected.tsv``, then write the manifest last.
+rebuilt), remove stale shards, probe every file's header (unreadable, undecodable, truncated,
+empty and too short files are rejected here, before any decoding), draw the splits over the
+files that passed, decode them in a process pool, stream encoded clips into atomic per-split
+shard writers, write ``rejected.tsv``, then write the manifest last. Each file is decoded once;
+only when decoding rejects files the probe passed (NaN samples, a corrupt stream behind a good
+header) and that empties a split are the splits drawn again and the shards rebuilt.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import sys
@@ -21,12 +25,13 @@ from tqdm import tqdm
 
 from .atomicio import atomic_write_text
 from .discover import find_audio
+from .logs import log
 from .manifest import MANIFEST_NAME, SPLITS, manifest_path, write_manifest
 from .presets import SPLIT_ORDERS, get_preset
 from .schema import SCHEMA_VERSION
 from .split import assign_splits, check_fractions, empty_splits, read_list_file
 from .tarshard import TMP_SUFFIX, AtomicShardWriter
-from .worker import FileResult, FileTask, init_worker, process_file
+from .worker import FileResult, FileTask, init_worker, probe_file, process_file
 
 REJECTED_NAME = "rejected.tsv"
 
@@ -97,10 +102,18 @@ def _resolve_params(preset_name: str, sample_rate, clip_seconds, hop_seconds, sp
     return params
 
 
-def _plan(src: Path, out: Path, preset, params, drop: frozenset = frozenset()) -> tuple[list[FileTask], dict]:
-    """Tasks for every audio file under ``src`` except ``drop`` (files an earlier pass rejected)."""
+@dataclass
+class _Plan:
+    """The files to shard, before their splits are drawn: one task per file that passed the probe."""
+    tasks: list[FileTask]  # split None
+    rejected: list[tuple[str, str]]  # (relpath, reason) of files the probe refused: never decoded
+    facts: dict  # ignored/skipped files, clip and hop samples, how the splits are drawn
+
+
+def _plan(src: Path, out: Path, preset, params, progress: bool) -> _Plan:
+    """Every audio file under ``src`` (of the preset's label folders), probed in seeded shuffled order
+    (the order files are processed in, so each shard mixes recordings)."""
     relpaths, ignored = find_audio(src, exclude=out if out.resolve().is_relative_to(src.resolve()) else None)
-    relpaths = [r for r in relpaths if r not in drop]
     skipped = 0
     labels: dict[str, int] = {}
     if preset.labels is not None:
@@ -116,31 +129,44 @@ def _plan(src: Path, out: Path, preset, params, drop: frozenset = frozenset()) -
     if not relpaths:
         raise PrepError(f"{src}: no audio files found" + (" in the digit folders zero..nine" if preset.labels else ""))
 
-    split_source = "natural order" if params["split_order"] == "natural" else "seed"
-    val_list, test_list = src / "validation_list.txt", src / "testing_list.txt"
-    if preset.name == "sc09" and (val_list.is_file() or test_list.is_file()):
-        val = read_list_file(val_list) if val_list.is_file() else set()
-        test = read_list_file(test_list) if test_list.is_file() else set()
-        splits = {r: ("test" if r in test else "val" if r in val else "train") for r in relpaths}
-        split_source = "official lists"
-    else:
-        splits = assign_splits(relpaths, params["split"], params["seed"], params["split_order"])
-
     sr = params["sample_rate"]
     clip = round(params["clip_seconds"] * sr)
     hop = clip if params["hop_seconds"] is None else round(params["hop_seconds"] * sr)
     if clip < 1 or hop < 1:
         raise PrepError(f"clip ({clip}) / hop ({hop}) rounds to zero samples at {sr} Hz")
     index = {rel: i for i, rel in enumerate(relpaths)}
-    # Process files in the seeded shuffled order so each shard mixes recordings.
-    order = sorted(relpaths, key=lambda r: _mix(r, params["seed"]))
     min_samples = round(params["min_seconds"] * sr)
-    tasks = [
-        FileTask(str(src / rel), rel, f"f{index[rel]:06d}", splits[rel], sr, clip, hop,
-                 params["pad_last"], params["one_clip_per_file"], labels.get(rel), min_samples)
-        for rel in order
-    ]
-    return tasks, {"ignored_files": ignored, "skipped_files": skipped, "split_source": split_source, "clip_samples": clip, "hop_samples": hop}
+    tasks, rejected = [], []
+    for rel in tqdm(sorted(relpaths, key=lambda r: _mix(r, params["seed"])), unit="file", desc="probe",
+                    disable=not progress, file=sys.stderr):
+        task = FileTask(str(src / rel), rel, f"f{index[rel]:06d}", None, sr, clip, hop, params["pad_last"],
+                        params["one_clip_per_file"], labels.get(rel), min_samples)
+        reason = probe_file(task)
+        if reason is None:
+            tasks.append(task)
+        else:
+            rejected.append((rel, reason))
+            log.info(f"rejected: {src / rel}: {reason}")
+    split_source = "natural order" if params["split_order"] == "natural" else "seed"
+    if preset.name == "sc09" and ((src / "validation_list.txt").is_file() or (src / "testing_list.txt").is_file()):
+        split_source = "official lists"
+    return _Plan(tasks, rejected, {"ignored_files": ignored, "skipped_files": skipped, "split_source": split_source,
+                                   "clip_samples": clip, "hop_samples": hop})
+
+
+def _assign(plan: _Plan, src: Path, params: dict, drop: frozenset = frozenset()) -> list[FileTask]:
+    """The plan's tasks but ``drop`` (files decoding rejected), each with its split: the official lists
+    (sc09), else drawn over exactly these files (natural order or seeded)."""
+    tasks = [t for t in plan.tasks if t.relpath not in drop]
+    rels = [t.relpath for t in tasks]
+    if plan.facts["split_source"] == "official lists":
+        val_list, test_list = src / "validation_list.txt", src / "testing_list.txt"
+        val = read_list_file(val_list) if val_list.is_file() else set()
+        test = read_list_file(test_list) if test_list.is_file() else set()
+        splits = {r: ("test" if r in test else "val" if r in val else "train") for r in rels}
+    else:
+        splits = assign_splits(rels, params["split"], params["seed"], params["split_order"]) if rels else {}
+    return [dataclasses.replace(t, split=splits[t.relpath]) for t in tasks]
 
 
 def _mix(rel: str, seed: int) -> str:
@@ -186,7 +212,7 @@ class _Build:
     totals: dict = field(default_factory=lambda: {s: {"clips": 0, "seconds": 0.0, "files": 0} for s in SPLITS})
 
 
-def _build(tasks: list[FileTask], src: Path, out: Path, params: dict, progress: bool, log) -> _Build:
+def _build(tasks: list[FileTask], src: Path, out: Path, params: dict, progress: bool) -> _Build:
     """Clean ``out``, decode every task and stream its clips into per-split atomic shard writers."""
     clean_output(out)
     writers = {s: AtomicShardWriter(out / s, out, max_bytes=int(params["shard_max_mb"] * 2**20)) for s in SPLITS}
@@ -198,7 +224,7 @@ def _build(tasks: list[FileTask], src: Path, out: Path, params: dict, progress: 
             res: FileResult
             if res.reason is not None:
                 b.rejected.append((res.relpath, res.reason))
-                log(f"rejected: {src / res.relpath}: {res.reason}")
+                log.info(f"rejected: {src / res.relpath}: {res.reason}")
             else:
                 for sample in res.samples:
                     writers[res.split].write(sample)
@@ -240,18 +266,16 @@ def shard_folder(
     shard_max_mb: float = 256,
     workers: int | None = None,
     progress: bool = True,
-    log=None,
 ) -> dict:
     """Shard every audio file under ``src_dir`` into ``out_dir``; return the manifest dict.
 
-    Bad files are reported (``log``, default stderr) and listed in ``rejected.tsv`` and in
-    ``manifest["rejected"]``; they never stop the run.  Raises ``PrepError`` if nothing usable.
-    Splits are assigned before decoding; if rejected files leave a split with a non-zero fraction
-    empty, the usable files are split again and the shards rebuilt once (this only happens with
-    tiny corpora). A split still empty then (fewer usable files than splits) is a warning in
-    ``manifest["warnings"]``.
+    Bad files are logged and listed in ``rejected.tsv`` and in ``manifest["rejected"]``; they never
+    stop the run.  Raises ``PrepError`` if nothing usable. Splits are drawn over the files that pass
+    the header probe, so files rejected there take no split's place; if decoding rejects more and that
+    leaves a split with a non-zero fraction empty, the usable files are split again and the shards
+    rebuilt once (tiny corpora only). A split still empty then (fewer usable files than splits) is a
+    warning in ``manifest["warnings"]``.
     """
-    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     src, out = Path(src_dir), Path(out_dir)
     if not src.is_dir():
         raise PrepError(f"{src}: source folder does not exist or is not a directory")
@@ -261,21 +285,24 @@ def shard_folder(
     params = _resolve_params(preset, sample_rate, clip_seconds, hop_seconds, split, pad_last, seed, shard_max_mb,
                              workers, split_order, min_seconds)
     t0 = time.perf_counter()
-    tasks, plan = _plan(src, out, p, params)
+    plan = _plan(src, out, p, params, progress)
     out.mkdir(parents=True, exist_ok=True)
-    b = _build(tasks, src, out, params, progress, log)
+    b = _build(_assign(plan, src, params), src, out, params, progress) if plan.tasks else _Build(shards={})
     empty = empty_splits(_files_per_split(b), params["split"])
-    if empty and b.rejected and b.sources and plan["split_source"] != "official lists":
-        log(f"rejected files left split(s) {', '.join(empty)} empty: splitting the {len(b.sources)} usable "
-            "file(s) again and rebuilding")
-        tasks, plan = _plan(src, out, p, params, drop=frozenset(r for r, _ in b.rejected))
-        first_rejected = b.rejected
-        b = _build(tasks, src, out, params, progress, log)
-        b.rejected = first_rejected + b.rejected
+    if empty and b.rejected and b.sources and plan.facts["split_source"] != "official lists":
+        log.info(f"files rejected while decoding left split(s) {', '.join(empty)} empty: splitting the "
+                 f"{len(b.sources)} usable file(s) again and rebuilding")
+        decoded_bad = b.rejected
+        b = _build(_assign(plan, src, params, drop=frozenset(r for r, _ in decoded_bad)), src, out, params, progress)
+        b.rejected = decoded_bad + b.rejected
         empty = empty_splits(_files_per_split(b), params["split"])
+    b.rejected = plan.rejected + b.rejected
+    if not plan.tasks:
+        clean_output(out)
     write_rejected(out, b.rejected)
     if not b.sources:
-        raise PrepError(f"{src}: none of the {len(tasks)} audio files was usable; see {out / REJECTED_NAME}")
+        raise PrepError(f"{src}: none of the {len(plan.tasks) + len(plan.rejected)} audio files was usable; "
+                        f"see {out / REJECTED_NAME}")
     warnings = [
         f"split {s!r} is empty although its fraction is {params['split'][SPLITS.index(s)]:g}: only "
         f"{len(b.sources)} usable file(s) for {sum(f > 0 for f in params['split'])} split(s); sashimi-train "
@@ -283,7 +310,7 @@ def shard_folder(
         for s in empty
     ]
     for w in warnings:
-        log(f"warning: {w}")
+        log.warning(f"warning: {w}")
 
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -291,10 +318,10 @@ def shard_folder(
         "preset": preset,
         "params": params,
         "sample_rate": params["sample_rate"],
-        "clip_samples": plan["clip_samples"],
-        "hop_samples": plan["hop_samples"],
+        "clip_samples": plan.facts["clip_samples"],
+        "hop_samples": plan.facts["hop_samples"],
         "source_dir": str(src.resolve()),
-        "split_source": plan["split_source"],
+        "split_source": plan.facts["split_source"],
         "labels": list(p.labels) if p.labels else None,
         "splits": {
             s: {"clips": b.totals[s]["clips"], "seconds": round(b.totals[s]["seconds"], 6), "files": b.totals[s]["files"], "shards": b.shards[s]}
@@ -303,8 +330,8 @@ def shard_folder(
         "sources": dict(sorted(b.sources.items())),
         "rejected": [{"path": p_, "reason": r} for p_, r in b.rejected],
         "warnings": warnings,
-        "ignored_files": plan["ignored_files"],
-        "skipped_files": plan["skipped_files"],
+        "ignored_files": plan.facts["ignored_files"],
+        "skipped_files": plan.facts["skipped_files"],
         "build_seconds": round(time.perf_counter() - t0, 3),
     }
     write_manifest(out, manifest)

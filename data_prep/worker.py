@@ -1,4 +1,5 @@
-"""Per-file work run in pool processes: decode, downmix, resample, cut, encode.
+"""Per-file work: a header probe (in the parent, before splits are drawn) and, in pool processes,
+decode, downmix, resample, cut, encode.
 
 Top-level functions and plain-data tasks so they work under the ``spawn`` start method.
 Workers return encoded bytes (smaller to ship back than float arrays); the parent only writes.
@@ -9,7 +10,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from .audio_io import WORKER_ENV, BadAudio, load_mono
+from .audio_io import WORKER_ENV, BadAudio, load_mono, probe, resampled_length
 from .clips import clip_spans, cut
 from .schema import encode_audio_sample
 
@@ -19,7 +20,7 @@ class FileTask:
     path: str  # absolute path to read
     relpath: str  # path relative to SRC_DIR, recorded in meta/manifest
     key_prefix: str  # dot-free unique prefix, e.g. "f000012"
-    split: str
+    split: str | None  # None until the splits are drawn (after the probe)
     sample_rate: int
     clip_samples: int
     hop_samples: int
@@ -61,9 +62,22 @@ def process_file(task: FileTask) -> FileResult:
         return FileResult(task.relpath, task.split, [], 0.0, reason=f"unexpected error: {type(e).__name__}: {e}")
 
 
-def _process(t: FileTask) -> FileResult:
-    audio, info = load_mono(t.path, t.sample_rate)
-    n = len(audio)
+def probe_file(t: FileTask) -> str | None:
+    """Why the file would be rejected, read from its header alone (no decoding), or None: the verdicts
+    of ``process_file`` for unreadable, undecodable, truncated, empty and too short files."""
+    try:
+        header = probe(t.path)
+        _spans(t, resampled_length(header.frames, header.sample_rate, t.sample_rate))
+    except BadAudio as e:
+        return str(e)
+    except Exception as e:  # never let one file kill the run; report it instead
+        return f"unexpected error: {type(e).__name__}: {e}"
+    return None
+
+
+def _spans(t: FileTask, n: int) -> list[tuple[int, int]]:
+    """(start, valid length) of each clip of a file of ``n`` samples at the target rate; BadAudio when
+    it is too short to keep."""
     if n < t.min_samples:
         raise BadAudio(f"too short: {n / t.sample_rate:.3f} s after resampling < the minimum "
                        f"{t.min_samples / t.sample_rate:g} s (--min-seconds)")
@@ -76,6 +90,12 @@ def _process(t: FileTask) -> FileResult:
             f"too short: {n / t.sample_rate:.3f} s after resampling < one {t.clip_samples / t.sample_rate:g} s clip "
             "(this preset drops partial clips)"
         )
+    return spans
+
+
+def _process(t: FileTask) -> FileResult:
+    audio, info = load_mono(t.path, t.sample_rate)
+    spans = _spans(t, len(audio))
     samples, valid = [], 0
     for i, (start, length) in enumerate(spans):
         meta = {"source": t.relpath, "clip": i, "start": start, "split": t.split}

@@ -6,6 +6,13 @@ constants are frozen into it), the shapes and flags it was built for, the device
 version and the source of the step code itself, so a changed model, batch size or step function
 never loads a stale package. Packages are written to a temp name and renamed (a reader never sees
 half of one); a package that fails to load is recompiled and replaced.
+
+Loading goes straight to the package loader, not through ``torch._inductor.aoti_load_package``: on a
+CPU that call first probes which vector instruction sets the C++ compiler can target (one test build
+and one Python subprocess importing torch per instruction set, ~10 s on 2 cores, with Inductor's
+compile workers starting beside it), only to warn when the package was built for another one. The
+key holds the CPU's capability instead, so a package built for AVX-512 is never looked up on an
+AVX2-only machine sharing the cache directory.
 """
 from __future__ import annotations
 
@@ -39,9 +46,10 @@ def _code_fingerprint() -> bytes:
 
 
 def key(module: torch.nn.Module, signature: tuple) -> str:
-    """sha256 over the module's tensors (names, dtypes, shapes, bytes), ``signature`` and the code."""
+    """sha256 over the module's tensors (names, dtypes, shapes, bytes), ``signature``, the code and the
+    CPU's vector capability (what the package's C++ was compiled for)."""
     h = hashlib.sha256(_code_fingerprint())
-    h.update(repr(signature).encode())
+    h.update(repr((signature, torch.backends.cpu.get_cpu_capability())).encode())
     tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
     for name in sorted(tensors):
         t = tensors[name].detach()
@@ -54,7 +62,7 @@ def load_or_build(path: Path, build: Callable[[str], None], log: Callable[[str],
     """The loaded package at ``path``; ``build(tmp_path)`` writes it first when it is missing or broken."""
     if path.is_file():
         try:
-            return torch._inductor.aoti_load_package(str(path))
+            return load(path)
         except Exception as e:  # noqa: BLE001  (a truncated or foreign package: rebuild it)
             if log:
                 log(f"compiled step {path} could not be loaded ({type(e).__name__}); compiling again")
@@ -65,4 +73,12 @@ def load_or_build(path: Path, build: Callable[[str], None], log: Callable[[str],
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return torch._inductor.aoti_load_package(str(path))
+    return load(path)
+
+
+def load(path: Path):
+    """The compiled function in package ``path`` (milliseconds; see the module docstring for why not
+    ``aoti_load_package``). The same loader and wrapper that call ends with, for the default model."""
+    from torch.export.pt2_archive._package import AOTICompiledModel  # lazily: only generation with a cache needs it
+
+    return AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1))

@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 KERNELS = ("dplr", "s4d")
 S4D_INITS = ("inv", "lin")
 CAUCHY_BACKENDS = ("auto", "naive", "chunked", "keops")
+# The keys that decide what the weights are: their shapes, or (l_max, DPLR only) what a stored tensor
+# means. A checkpoint fits a config when these agree; the others only draw the initial weights
+# (s4d_init, dt_min/dt_max, c_init_var, b_clip), regularise (dropout) or choose an implementation
+# (cauchy_backend), so changing them on resume is safe.
+WEIGHT_KEYS = ("d_model", "n_layers", "pool", "expand", "ff", "d_state", "n_ssm", "kernel", "glu", "unet",
+               "bidirectional")
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,13 @@ class UNetConfig:
                     dt_min=self.dt_min, dt_max=self.dt_max, glu=self.glu, backend=self.cauchy_backend,
                     c_init_var=self.c_init_var, b_clip=self.b_clip, bidirectional=self.bidirectional)
 
+    OWN_WEIGHT_KEYS: ClassVar[tuple[str, ...]] = ()  # a subclass's own keys that decide its weights
+
+    def weight_keys(self) -> tuple[str, ...]:
+        """WEIGHT_KEYS, plus l_max for the DPLR kernel, which stores C̃ = C(I - dA^l_max) (defined at
+        l_max); S4D's weights do not depend on a length."""
+        return WEIGHT_KEYS + self.OWN_WEIGHT_KEYS + (("l_max",) if self.kernel == "dplr" else ())
+
     @property
     def total_pool(self) -> int:
         out = 1
@@ -99,6 +113,8 @@ class SaShiMiConfig(UNetConfig):
 
     n_classes: int = 256
 
+    OWN_WEIGHT_KEYS = ("n_classes",)
+
     def __post_init__(self):
         super().__post_init__()
         self._at_least_one("n_classes")
@@ -123,6 +139,9 @@ class DiffWaveConfig(UNetConfig):
     diffusion_steps: int = 200  # T
     beta_start: float = 1e-4  # β linear from beta_start (t = 1) to beta_end (t = T)
     beta_end: float = 0.02
+
+    # the step embedding's shapes, and the schedule a trained network's outputs only mean something under
+    OWN_WEIGHT_KEYS = ("t_embed_dim", "t_hidden_dim", "diffusion_steps", "beta_start", "beta_end")
 
     def __post_init__(self):
         super().__post_init__()

@@ -1,5 +1,6 @@
 """Shared helpers for the cluster tests (kept out of conftest.py, which belongs to the whole project):
-demo shards, tiny jobs, tiny checkpoints written with the trainer's own writer (no Ray), MNIST IDX sets."""
+demo shards, tiny jobs, tiny checkpoints written through the trainer's own checkpoint manager (no Ray),
+MNIST IDX sets."""
 from __future__ import annotations
 
 import gzip
@@ -13,13 +14,14 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from cluster.checkpoint import capture_rng, make_payload, save_checkpoint_dir
-from cluster.config import job_from_dict
-from cluster.jobs import load_job
+from cluster.checkpoint import CheckpointManager, TrainState
+from cluster.config import JobConfig, job_from_dict
+from cluster.driver.jobs import load_job
 from data_prep.demo import make_demo_corpus
-from data_prep.local_s3 import free_port
+from s3_server import free_port
 from data_prep.shard import shard_folder
 from sashimi import SaShiMi
+from sashimi.optim import make_optimizer
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(d_model=8, n_layers=1, d_state=8, pool=[4, 4], expand=2, ff=2, l_max=256)
@@ -29,8 +31,7 @@ def make_demo_shards(root: Path, minutes: float = 0.3) -> Path:
     """A tiny real corpus: demo audio -> data_prep sharding (1 s clips). Returns the shard dir."""
     src, out = root / "src", root / "shards"
     make_demo_corpus(src, minutes=minutes, seed=0)
-    shard_folder(src, out, "generic", sample_rate=16000, clip_seconds=1.0, seed=0, progress=False,
-                 log=lambda msg: None)
+    shard_folder(src, out, "generic", sample_rate=16000, clip_seconds=1.0, seed=0, progress=False)
     return out
 
 
@@ -76,18 +77,26 @@ def write_job(path: Path, job: dict) -> Path:
     return path
 
 
-def make_checkpoint(path: Path, *, quantization: str = "mu-law", shards: str = "/nonexistent-shards",
+def write_checkpoint(run_dir: Path, job: JobConfig, model: torch.nn.Module, step: int, optimizer=None,
+                     sample_rate: int | None = 16000, suffix: str = "") -> Path:
+    """`model` (and `optimizer`, when given) saved at `step` by the trainer's checkpoint manager into
+    `run_dir`; returns the checkpoint directory. `suffix`: the name a checkpoint gets after a fallback."""
+    manager = CheckpointManager(job, str(run_dir), model=model, optimizer=optimizer, state=TrainState(step=step),
+                                sample_rate=sample_rate)
+    manager.suffix = suffix
+    return Path(manager.save())
+
+
+def make_checkpoint(run_dir: Path, *, step: int = 7, quantization: str = "mu-law", shards: str = "/nonexistent-shards",
                     seed: int = 0, model: dict | None = None, name: str = "t",
                     sample_rate: int | None = 16000) -> tuple[Path, SaShiMi, dict]:
-    """A checkpoint directory for a freshly initialised tiny model and a valid job dict."""
+    """A checkpoint (in `run_dir`, at `step`) of a freshly initialised tiny model with an AdamW that has
+    not stepped, and a valid job dict. Returns (checkpoint directory, model, job dict)."""
     torch.manual_seed(seed)
     job = job_from_dict({"name": name, "data": {"shards": shards, "quantization": quantization, "crop": 256},
-                         "model": dict(model or TINY)}, "<test>")
+                         "model": dict(model or TINY), "checkpoint": {"keep": 100}}, "<test>")
     net = SaShiMi(job.model).eval()
-    state = make_payload(model_state=net.state_dict(), optimizer_state={}, scheduler_state={}, step=7,
-                         data_seed=0, world_size=1, job=job.to_dict(), rng={"per_rank": [capture_rng()]},
-                         sample_rate=sample_rate)
-    save_checkpoint_dir(path, state)
+    path = write_checkpoint(run_dir, job, net, step, optimizer=make_optimizer(net), sample_rate=sample_rate)
     return path, net, job.to_dict()
 
 
@@ -113,16 +122,16 @@ def write_mnist_idx(d: Path, n_train: int = 40, n_test: int = 12, seed: int = 0)
 
 
 def run_with_node_loss(cluster, victim, job_path: Path, ready, add_node, outage_s: float):
-    """Train `job_path` (cluster.launch.run in a thread) and, once `ready()` says the run has a checkpoint,
+    """Train `job_path` (cluster.driver.launch.run in a thread) and, once `ready()` says the run has a checkpoint,
     kill node `victim` (raylet and workers SIGKILLed), wait `outage_s`, `add_node()` a replacement.
     Node surgery stays in the calling thread (Cluster is not thread-safe). -> (RunInfo, events)."""
-    from cluster.launch import run  # Ray: imported by the tests that need it only
+    from cluster.driver.launch import run  # Ray: imported by the tests that need it only
 
     result, events = {}, {}
 
     def train():
         try:
-            result["info"] = run(load_job(job_path), str(job_path), log=lambda *a: None)
+            result["info"] = run(load_job(job_path), str(job_path))
         except BaseException as e:  # noqa: BLE001 - re-raised below
             result["error"] = e
 

@@ -1,6 +1,7 @@
 """Shared test setup: a project-local PyKeOps cache (compile once), deterministic seeds, a real S3
 server on 127.0.0.1. Tests mirror the packages: sashimi/, data_prep/, cluster/ (each with its own
 fixtures), and integration/ for the multi-process Ray runs (all marked slow)."""
+import logging
 import os
 import pathlib
 import random
@@ -23,3 +24,18 @@ def _seed():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def cluster_log():
+    """The messages the cluster package logs during the test (its `[sashimi]` lines, without the prefix)."""
+    lines = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler, logger = Collect(), logging.getLogger("cluster")
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)

@@ -1,20 +1,12 @@
-"""Checkpoints: `format` (the payload, its version, validation), `store` (atomic writes, listing,
-torn-checkpoint fallback), `manager` (save and resume policy in the trainer, RNG), `compat` (may this
-job resume that checkpoint) and `load` (load_checkpoint for the tools). The names below are the API."""
-from .compat import CheckpointMismatchError, check_compatible, config_mismatch
-from .format import (FORMAT_VERSION, STATE_FILE, CheckpointError, FormatVersionError, NonFiniteCheckpointError,
-                     Payload, WrongTaskError, check_finite, job_of, make_payload, nonfinite_entries, task_name)
+"""Checkpoints: `manager` (the trainer's: save, load, due-ness, pruning, handed the model, optimiser,
+schedule, precision state and a TrainState), `load` (`load_checkpoint` for the tools), `store` (files
+on storage: atomic writes, listing, the torn-checkpoint fallback, job.json), `format` (the payload, its
+version, validation), `compat` (may this job resume that checkpoint) and `rng`. The names below are
+what the rest of the project uses; tests and tools that inspect files reach into `store`/`format`."""
+from .format import CheckpointError
 from .load import LoadedCheckpoint, load_checkpoint
-from .manager import CheckpointManager, capture_rng, restore_rng
-from .store import (checkpoint_dir_name, copy_checkpoint_dir, latest_checkpoint, list_checkpoints, load_state,
-                    name_of, prune, resolve_resume, save_checkpoint_dir, state_file, step_of_dir,
-                    validate_checkpoint)
+from .manager import CheckpointManager, TrainState
+from .store import latest_checkpoint, list_checkpoints, validate_checkpoint
 
-__all__ = [
-    "FORMAT_VERSION", "STATE_FILE", "CheckpointError", "CheckpointManager", "CheckpointMismatchError",
-    "FormatVersionError", "LoadedCheckpoint", "NonFiniteCheckpointError", "Payload", "WrongTaskError",
-    "capture_rng", "check_compatible", "check_finite", "checkpoint_dir_name", "config_mismatch",
-    "copy_checkpoint_dir", "job_of", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_state",
-    "make_payload", "name_of", "nonfinite_entries", "prune", "resolve_resume", "restore_rng", "save_checkpoint_dir",
-    "state_file", "step_of_dir", "task_name", "validate_checkpoint",
-]
+__all__ = ["CheckpointError", "CheckpointManager", "LoadedCheckpoint", "TrainState", "latest_checkpoint",
+           "list_checkpoints", "load_checkpoint", "validate_checkpoint"]

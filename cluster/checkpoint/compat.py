@@ -1,35 +1,40 @@
-"""Whether a checkpoint may be resumed by a job: same task, same model config, same quantisation."""
+"""Whether a checkpoint may be resumed by a job: same task, the same weights (the model keys that
+`SaShiMiConfig.weight_keys` names), same quantisation. Keys that only draw the initial weights or pick
+an implementation (the Cauchy backend, dropout, an S4D model's l_max) may change between attempts."""
 from __future__ import annotations
 
 import os
 
 from sashimi.config import SaShiMiConfig
 
-from .format import task_name
+from ..config import task_name
 
-COMPARED_JOB_KEYS = ("data.quantization",)  # besides the task and every model.* key
+COMPARED_JOB_KEYS = ("data.quantization",)  # besides the task and the model's weight keys
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint was written by a run whose model config differs from the current job's."""
 
 
-def _model_of(job: dict) -> dict:
-    """The model section normalised through SaShiMiConfig, so defaults spelled out or omitted compare equal."""
+def _model_of(job: dict) -> tuple[dict, tuple[str, ...]]:
+    """(the model section normalised through SaShiMiConfig, so defaults spelled out or omitted compare
+    equal; its weight keys). A section that does not parse is compared key by key."""
+    raw = dict(job.get("model") or {})
     try:
-        return SaShiMiConfig.from_dict(job.get("model") or {}).to_dict()
+        config = SaShiMiConfig.from_dict(raw)
     except (ValueError, TypeError):
-        return dict(job.get("model") or {})
+        return raw, tuple(raw)
+    return config.to_dict(), config.weight_keys()
 
 
 def config_mismatch(stored_job: dict, job: dict) -> list[str]:
-    """Differences that make a checkpoint unusable for `job`: task, model config and data.quantization.
-    Returns 'key: checkpoint X, job Y' strings (empty when compatible)."""
-    a, b = _model_of(stored_job), _model_of(job)
+    """Differences that make a checkpoint unusable for `job`: task, the model's weight keys and
+    data.quantization. Returns 'key: checkpoint X, job Y' strings (empty when compatible)."""
+    (a, keys_a), (b, keys_b) = _model_of(stored_job), _model_of(job)
     out = []
     if task_name(stored_job) != task_name(job):  # different model class: nothing else would load either
         out.append(f"task: checkpoint {task_name(stored_job)!r}, job {task_name(job)!r}")
-    out += [f"model.{k}: checkpoint {a.get(k)!r}, job {b.get(k)!r}" for k in sorted(set(a) | set(b))
+    out += [f"model.{k}: checkpoint {a.get(k)!r}, job {b.get(k)!r}" for k in sorted(set(keys_a) | set(keys_b))
             if a.get(k) != b.get(k)]
     for dotted in COMPARED_JOB_KEYS:
         sec, key = dotted.split(".")
@@ -39,11 +44,18 @@ def config_mismatch(stored_job: dict, job: dict) -> list[str]:
     return out
 
 
-def check_compatible(stored_job: dict, job: dict, checkpoint_path: str | os.PathLike) -> None:
-    """Raise CheckpointMismatchError naming every differing key."""
+def mismatch_message(stored_job: dict, job: dict, checkpoint_path: str | os.PathLike) -> str | None:
+    """Why `job` cannot resume the checkpoint at `checkpoint_path` (every differing key), or None."""
     diff = config_mismatch(stored_job, job)
-    if diff:
-        raise CheckpointMismatchError(
-            f"checkpoint {checkpoint_path} was written with a different model config than job "
+    if not diff:
+        return None
+    return (f"checkpoint {checkpoint_path} was written with a different model config than job "
             f"{job.get('name')!r} now has: {'; '.join(diff)}. Restore those values, or start a new run "
             f"(a new `name`, or --fresh to delete this one)")
+
+
+def check_compatible(stored_job: dict, job: dict, checkpoint_path: str | os.PathLike) -> None:
+    """Raise CheckpointMismatchError naming every differing key."""
+    message = mismatch_message(stored_job, job, checkpoint_path)
+    if message:
+        raise CheckpointMismatchError(message)

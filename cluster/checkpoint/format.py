@@ -1,6 +1,9 @@
 """What a checkpoint holds: one dict of tensors and primitives, so `torch.load(weights_only=True)` reads
 it (no pickled code runs on load), with a format version that old files are refused by and a validator
-that catches what a crash mid-write leaves behind."""
+that catches what a crash mid-write leaves behind; and beside it a small `job.json` (the job, the step,
+the format version), so the driver checks that a run's checkpoints fit a job by reading kilobytes
+instead of loading the weights. Checkpoints written before job.json existed have none: their state.pt
+is read instead."""
 from __future__ import annotations
 
 import json
@@ -9,6 +12,7 @@ from typing import Optional, TypedDict
 import torch
 
 STATE_FILE = "state.pt"
+JOB_FILE = "job.json"  # written before STATE_FILE: a checkpoint is complete when its state.pt is
 FORMAT_VERSION = 2
 # Why each version could not read the one before: shown when an older checkpoint is refused.
 FORMAT_CHANGES = {
@@ -48,7 +52,7 @@ class Payload(TypedDict):
     format_version: int
     model: dict  # parameter name -> CPU tensor
     optimizer: dict  # torch optimizer state_dict
-    scheduler: dict  # cluster.schedule.LRSchedule state_dict
+    scheduler: dict  # cluster.train.schedule.LRSchedule state_dict
     step: int  # optimiser steps done
     data: DataPosition
     rng: dict  # the saving rank's RNG states (see manager.capture_rng) and "per_rank": one per rank
@@ -84,9 +88,10 @@ def job_of(state: Payload) -> dict:
     return json.loads(state["job_json"])
 
 
-def task_name(job: dict) -> str:
-    """A stored job's task (jobs without `task` are generative)."""
-    return job.get("task") or "generate"
+def job_record(state: Payload) -> dict:
+    """The job.json written beside a payload: what fitting a job to the checkpoint needs, no tensors."""
+    return {"format_version": state["format_version"], "step": state["step"], "job": job_of(state),
+            "sample_rate": state["sample_rate"], "world_size": state["data"]["world_size"]}
 
 
 def nonfinite_entries(tensors: dict) -> list[str]:

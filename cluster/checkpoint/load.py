@@ -1,7 +1,7 @@
 """`load_checkpoint(path)`: what every tool that uses a trained model starts with (sashimi-generate,
 sashimi-eval, the MNIST demos, sashimi-train's closing WAV). Everything comes from the checkpoint: the
-model rebuilt from its stored config, the job, the quantisation and the sample rate of its data. Every
-failure is one CheckpointError whose message names the file."""
+model rebuilt by its task from the stored config, the job, the quantisation and the sample rate of its
+data. Every failure is one CheckpointError whose message names the file."""
 from __future__ import annotations
 
 import os
@@ -11,12 +11,12 @@ import torch
 
 from sashimi.kernels import weights_will_be_loaded
 
-from ..config import JobConfig, JobConfigError, job_from_dict
-from ..tasks import TASKS
-from .format import CheckpointError, WrongTaskError, job_of, task_name
+from ..config import JobConfig, JobConfigError, job_from_dict, task_name
+from ..tasks import task_of
+from .format import CheckpointError, WrongTaskError, job_of
 from .store import state_file, validate_checkpoint
 
-CLASSIFY_HINT = "score it with `python -m cluster.mnist_demo classify-eval CHECKPOINT --data SHARDS`"
+CLASSIFY_HINT = "score it with `python -m cluster.tools.mnist_demo classify-eval CHECKPOINT --data SHARDS`"
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -43,11 +43,10 @@ def load_checkpoint(path: str | os.PathLike, task: str = "generate", map_locatio
     except JobConfigError as e:
         raise CheckpointError(f"{file}: its stored job is not valid here: {e}") from None
     with weights_will_be_loaded():  # every parameter is replaced below: skip the costly init
-        model = TASKS[task].build_model(job.model)
+        model = task_of(job).build_model()
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise CheckpointError(f"{file}: weights do not fit the stored model config ({first})") from None
     return LoadedCheckpoint(model.eval(), job, job.data.quantization, state["sample_rate"], state["step"])
-

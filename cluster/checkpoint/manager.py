@@ -1,129 +1,168 @@
-"""The training side of checkpoints: when to save, what goes in (weights, optimiser, schedule, every
-rank's RNG), refusing non-finite weights, where the run resumes from, and how many are kept."""
+"""The training side of checkpoints, in torchtitan's shape: the manager is handed what a checkpoint
+holds once (model, optimiser, LR schedule, precision state and a small `TrainState`) and owns the rest:
+whether a step is due, `save()`, `load()` (which checkpoint to resume from, past torn ones, and putting
+everything back in place, every rank's RNG included) and how many are kept. The trainer never names a
+payload key.
+
+Both are collectives, called by every rank at the same steps. Saving gathers every rank's RNG, and a
+world size is stored with it: a run resumed with another world size cannot restore per-rank streams
+and draws them afresh from (seed, rank, step), the same rule as a fresh start.
+"""
 from __future__ import annotations
 
-import random
+import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 
 from data_prep import storage
 
 from ..config import JobConfig
 from ..dist import broadcast_object, gather_objects
+from ..logs import log
 from ..seeds import mix_seed, seed_all
-from .compat import check_compatible
-from .format import NonFiniteCheckpointError, Payload, job_of, make_payload, nonfinite_entries
-from .store import checkpoint_dir_name, name_of, resolve_resume, save_checkpoint_dir, validate_checkpoint
+from .compat import CheckpointMismatchError, mismatch_message
+from .format import CheckpointError, NonFiniteCheckpointError, Payload, job_of, make_payload, nonfinite_entries
+from .rng import capture_rng, restore_rng
+from .store import checkpoint_dir_name, name_of, prune, resolve_resume, save_checkpoint_dir, validate_checkpoint
 
 RNG_STREAM = 17  # mix_seed tag of the per-rank RNG stream after a fresh start
 
 
-def capture_rng() -> dict:
-    """torch / numpy / python RNG states as tensors and primitives."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    out = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_has_gauss": int(np_state[3]),
-        "numpy_gauss": float(np_state[4]),
-        "python_version": int(py_state[0]),
-        "python_state": torch.tensor(py_state[1], dtype=torch.int64),
-        "python_gauss": py_state[2],
-    }
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
+@dataclass
+class TrainState:
+    """The loop's own counters, saved and restored with the weights."""
 
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
-                         state["numpy_has_gauss"], state["numpy_gauss"]))
-    random.setstate((state["python_version"], tuple(int(v) for v in state["python_state"].tolist()),
-                     state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    step: int = 0  # optimiser steps done
+    nonfinite_steps: int = 0  # optimiser steps skipped for NaN/Inf so far
+    metrics: dict = field(default_factory=dict)  # validation metrics of this step (empty without an evaluation)
 
 
 class CheckpointManager:
-    """Save policy and resume policy of one run, for one rank. `run_dir`: a local path or a URI;
-    `log` prints progress (the trainer passes a rank-0-only one)."""
+    """Save and resume policy of one run, for one rank. `run_dir`: a local path or a URI.
 
-    def __init__(self, job: JobConfig, run_dir: str | None, rank: int, world: int, sample_rate: int | None,
-                 log: Callable[[str], None]):
-        self.job, self.run_dir, self.rank, self.world = job, run_dir, rank, world
-        self.sample_rate, self.log = sample_rate, log
-        self.keep = job.checkpoint.keep  # applied by Ray's CheckpointConfig, or by store.prune without Ray
+    `report(metrics, checkpoint_dir)` is the runtime's report, called by every rank at every save (a
+    barrier under Ray), with the checkpoint written on rank 0 and None on the others. `registry` names a
+    runtime that keeps the run's checkpoints itself (Ray: it copies the reported directory into the run
+    dir, registers it and keeps checkpoint.keep of them); with None the manager writes straight into the
+    run dir and prunes it. `optimizer`, `schedule` and `precision` may be None for a weights-only
+    checkpoint (a test fixture, a benchmark)."""
+
+    def __init__(self, job: JobConfig, run_dir: str, *, model: torch.nn.Module, state: TrainState,
+                 optimizer=None, schedule=None, precision=None, sample_rate: int | None = None, rank: int = 0,
+                 world: int = 1, report: Callable[[dict, str | None], None] | None = None,
+                 registry: str | None = None):
+        self.job, self.run_dir, self.rank, self.world = job, str(run_dir), rank, world
+        self.model, self.state, self.optimizer, self.schedule, self.precision = model, state, optimizer, schedule, precision
+        self.sample_rate, self.registry = sample_rate, registry
+        self.report = report or (lambda metrics, checkpoint_dir: None)
+        self.keep = job.checkpoint.keep
         self.suffix = ""  # set after a fallback resume, so new checkpoints never reuse a torn one's name
         self.skipped_invalid = 0  # invalid checkpoints passed over when resuming
+        self.resumed_from = -1  # the step loaded, -1 for a fresh start
 
-    def due(self, step: int) -> bool:
-        return step % self.job.checkpoint.every == 0 or step == self.job.training.max_steps
+    def due(self, step: int | None = None) -> bool:
+        """Whether `step` (default: the current one) is a checkpoint step."""
+        return self.job.due(self.state.step if step is None else step, self.job.checkpoint.every)
 
-    def resume_state(self, offered: str | None) -> Payload | None:
-        """The newest valid checkpoint of this run (or `checkpoint.init_from` when it has none), checked
-        against the job's config; None for a fresh start. `offered`: what the runtime handed out.
+    # ---------------------------------------------------------------- resume
 
-        Rank 0 alone looks at storage and decides; every rank then loads the checkpoint it named. Ranks
-        listing a shared or eventually consistent store on their own could pick different ones and
-        deadlock DDP (a collective: every rank calls this once, at the start)."""
-        choice = self._choose(offered) if self.rank == 0 else None
-        used, self.suffix, self.skipped_invalid = broadcast_object(choice or (None, "", 0), self.world)
-        if used is None:
-            return None
-        state = validate_checkpoint(used)  # rank 0 validated it already; the others read it now
-        check_compatible(job_of(state), self.job.to_dict(), used)
-        return state
+    def load(self, offered: str | None = None) -> bool:
+        """Put the newest valid checkpoint of this run (or checkpoint.init_from when it has none) back
+        into everything this manager holds, and this rank's RNG; on a fresh start the RNG is a pure
+        function of (seed, rank, step). `offered`: what the runtime hands out (may be stale or torn).
+        Returns whether a checkpoint was loaded.
 
-    def _choose(self, offered: str | None) -> tuple[str | None, str, int]:
-        """Rank 0: (checkpoint to resume from or None, name suffix for new checkpoints, invalid ones skipped)."""
-        state, used, problems = resolve_resume(offered, self.run_dir, log=self.log)
-        if state is None and self.job.checkpoint.init_from:  # nothing of our own yet: branch off it
-            used = self.job.checkpoint.init_from
-            state = validate_checkpoint(used)
-            self.log(f"starting from checkpoint.init_from {used} (step {state['step']})")
-        if state is None:
-            return None, "", 0
-        self.log(f"resumed from checkpoint at step {state['step']}" + (
+        Rank 0 alone looks at storage, loads and validates its choice (once) and checks that it fits the
+        job; it tells every rank which one it chose, or why none can be used; the other ranks then load
+        it. Ranks listing a shared or eventually consistent store on their own could pick different ones
+        and deadlock DDP."""
+        payload, verdict = self._choose(offered) if self.rank == 0 else (None, None)
+        path, self.suffix, self.skipped_invalid, refusal = broadcast_object(verdict or (None, "", 0, None), self.world)
+        if refusal is not None:
+            kind, message = refusal
+            raise (CheckpointMismatchError if kind == "mismatch" else CheckpointError)(message)
+        if path is None:
+            seed_all(mix_seed(self.job.seed, self.rank, self.state.step, RNG_STREAM))
+            return False
+        self._restore(payload if payload is not None else validate_checkpoint(path))
+        return True
+
+    def _choose(self, offered: str | None) -> tuple[Payload | None, tuple]:
+        """Rank 0: (the chosen payload, (its path, name suffix for new checkpoints, invalid ones skipped,
+        None or (kind, message) when it cannot be used))."""
+        try:
+            payload, used, problems = resolve_resume(offered, self.run_dir, self.registry)
+            if payload is None and self.job.checkpoint.init_from:  # nothing of our own yet: branch off it
+                used = self.job.checkpoint.init_from
+                payload = validate_checkpoint(used)
+                log.info(f"starting from checkpoint.init_from {used} (step {payload['step']})")
+        except CheckpointError as e:
+            return None, (None, "", 0, ("invalid", str(e)))
+        if payload is None:
+            return None, None
+        suffix = f"r{int(time.time())}" if problems else ""
+        refusal = mismatch_message(job_of(payload), self.job.to_dict(), used)
+        if refusal is not None:
+            return None, (None, suffix, len(problems), ("mismatch", refusal))
+        log.info(f"resumed from checkpoint at step {payload['step']}" + (
             f" ({name_of(used)}, after skipping {len(problems)} invalid checkpoint(s))" if problems else ""))
-        return str(used), (f"r{int(time.time())}" if problems else ""), len(problems)
+        return payload, (str(used), suffix, len(problems), None)
 
-    def restore_rng(self, state: Payload | None, step: int) -> None:
-        """This rank's RNG as saved, or (fresh start, other world size) a pure function of (seed, rank, step)."""
-        per_rank = (state or {}).get("rng", {}).get("per_rank")
+    def _restore(self, payload: Payload) -> None:
+        self.model.load_state_dict(payload["model"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(payload["scheduler"])
+        if self.precision is not None:
+            self.precision.load_scaler_state(payload.get("grad_scaler"))
+        self.state.step = self.resumed_from = payload["step"]
+        self.state.nonfinite_steps = int(payload["nonfinite_steps"])
+        self.state.metrics = dict(payload["metrics"])
+        per_rank = payload["rng"].get("per_rank")
         if per_rank is not None and len(per_rank) == self.world:
             restore_rng(per_rank[self.rank])
-        else:
-            seed_all(mix_seed(self.job.seed, self.rank, step, RNG_STREAM))
+        else:  # another world size: per-rank streams cannot carry over
+            seed_all(mix_seed(self.job.seed, self.rank, self.state.step, RNG_STREAM))
 
-    def refuse_nonfinite(self, model_state: dict, step: int) -> None:
-        """Raise before any collective if the weights hold NaN/Inf (DDP keeps them equal on every rank, so
-        every rank reaches the same verdict)."""
-        bad = nonfinite_entries(model_state)
+    # ---------------------------------------------------------------- save
+
+    def save(self, metrics: dict | None = None) -> str | None:
+        """This step's checkpoint: every rank checks the weights are finite (DDP keeps them equal, so
+        every rank reaches the same verdict, before any collective) and hands in its RNG; rank 0 writes
+        the checkpoint and reports it with `metrics`, the other ranks report without one. Returns, on
+        rank 0, where the checkpoint now is in the run dir."""
+        bad = nonfinite_entries(self.model.state_dict())
         if bad:
             raise NonFiniteCheckpointError(
-                f"job {self.job.name!r}: weights are non-finite at step {step} ({', '.join(bad[:5])}); refusing "
-                f"to save a checkpoint. The last good one is kept in {self.run_dir or self.job.checkpoint.storage}")
+                f"job {self.job.name!r}: weights are non-finite at step {self.state.step} ({', '.join(bad[:5])}); "
+                f"refusing to save a checkpoint. The last good one is kept in {self.run_dir}")
+        rng_per_rank = gather_objects(capture_rng(), self.world)
+        metrics = dict(metrics or {})
+        if self.rank != 0:
+            self.report(metrics, None)
+            return None
+        if self.registry is None:  # we keep the run dir ourselves
+            written = self._write(self.run_dir, rng_per_rank)
+            prune(self.run_dir, self.keep)
+            self.report(metrics, written)
+            return written
+        with tempfile.TemporaryDirectory(prefix="sashimi-ckpt-") as tmp:
+            written = self._write(tmp, rng_per_rank)
+            self.report(metrics, written)  # the registry copies it into the run dir before this returns
+        return storage.join(self.run_dir, name_of(written))
 
-    def write(self, directory: str, *, model, optimizer, scheduler, step: int, metrics: dict,
-              nonfinite_steps: int, rng_per_rank: list, grad_scaler: dict | None = None) -> str:
-        """Write this step's checkpoint as `directory/<checkpoint name>/state.pt` (rank 0); returns that dir.
-        `grad_scaler`: the fp16 GradScaler's state (loss scale, growth counter), needed for exact resume."""
+    def _write(self, directory: str, rng_per_rank: list) -> str:
         rng = capture_rng()
         rng["per_rank"] = rng_per_rank
-        payload = make_payload(model_state=model.state_dict(), optimizer_state=optimizer.state_dict(),
-                               scheduler_state=scheduler.state_dict(), step=step, data_seed=self.job.seed,
-                               world_size=self.world, job=self.job.to_dict(), rng=rng, sample_rate=self.sample_rate,
-                               metrics=metrics, nonfinite_steps=nonfinite_steps, grad_scaler=grad_scaler)
-        out = storage.join(directory, checkpoint_dir_name(step, self.suffix))
-        save_checkpoint_dir(out, payload)
-        return out
-
-    def gather_rng(self) -> list:
-        """Every rank's RNG state (a collective: all ranks call it at checkpoint steps)."""
-        return gather_objects(capture_rng(), self.world)
+        payload = make_payload(
+            model_state=self.model.state_dict(),
+            optimizer_state=self.optimizer.state_dict() if self.optimizer is not None else {},
+            scheduler_state=self.schedule.state_dict() if self.schedule is not None else {},
+            step=self.state.step, data_seed=self.job.seed, world_size=self.world, job=self.job.to_dict(), rng=rng,
+            sample_rate=self.sample_rate, metrics=self.state.metrics, nonfinite_steps=self.state.nonfinite_steps,
+            grad_scaler=self.precision.scaler_state() if self.precision is not None else {})
+        return save_checkpoint_dir(storage.join(directory, checkpoint_dir_name(self.state.step, self.suffix)), payload)

@@ -1,24 +1,27 @@
 """Checkpoint files on storage: the atomic writer, reading and validating, listing a run's checkpoints,
 and choosing the newest valid one to resume from (falling back past torn ones).
 
-Layout: `<run dir>/checkpoint_step<9 digits>[-<suffix>]/state.pt`. The run dir is a local path or a
-URI (s3://..., any fsspec filesystem): every operation goes through `data_prep.storage`, and paths are
-strings, so a URI is never turned into a local path. On an object store a checkpoint is complete when
-its state.pt object exists and loads (one object, uploaded whole).
+Layout: `<run dir>/checkpoint_step<9 digits>[-<suffix>]/{job.json, state.pt}`. The run dir is a local
+path or a URI (s3://..., any fsspec filesystem): every operation goes through `data_prep.storage`, and
+paths are strings, so a URI is never turned into a local path. job.json is written first and state.pt
+last, so a checkpoint is complete when its state.pt exists and loads (on an object store: one object,
+uploaded whole).
 """
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import re
 import shutil
-from typing import Callable
 
 import torch
 
 from data_prep import storage
 
-from .format import STATE_FILE, CheckpointError, Payload, check_finite, check_version, validate
+from ..logs import log
+from .format import JOB_FILE, STATE_FILE, CheckpointError, Payload, check_finite, check_version, job_of, job_record, \
+    validate
 
 _DIR_RE = re.compile(r"^checkpoint_step(\d+)(?:-.*)?$")
 
@@ -48,9 +51,12 @@ def state_file(path: str | os.PathLike) -> str:
 
 
 def save_checkpoint_dir(directory: str | os.PathLike, state: Payload) -> str:
-    """Write state.pt atomically; refuses (NonFiniteCheckpointError, nothing written) non-finite weights."""
+    """Write job.json, then state.pt, each atomically; refuses (NonFiniteCheckpointError, nothing written)
+    non-finite weights. Returns the directory."""
     check_finite(state, f"refusing to save checkpoint in {directory} at step {state.get('step')}")
-    return storage.atomic_write(storage.join(directory, STATE_FILE), lambda f: torch.save(state, f))
+    storage.write_text(storage.join(directory, JOB_FILE), json.dumps(job_record(state), indent=1, sort_keys=True))
+    storage.atomic_write(storage.join(directory, STATE_FILE), lambda f: torch.save(state, f))
+    return str(directory)
 
 
 def copy_checkpoint_dir(src: str | os.PathLike, run_dir: str | os.PathLike) -> str:
@@ -91,6 +97,27 @@ def validate_checkpoint(path: str | os.PathLike, map_location="cpu") -> Payload:
     return validate(state, file)
 
 
+def read_job(path: str | os.PathLike) -> dict:
+    """The job a checkpoint was written with (its job.json: kilobytes, no weights), after checking the
+    checkpoint's state.pt exists and its format version is this code's. A checkpoint without job.json
+    (written before it existed) is loaded and validated whole instead. CheckpointError naming the file."""
+    file = state_file(path)
+    if not storage.isfile(file):
+        listing = f" (checkpoint directory has {storage.listdir(path)})" if storage.isdir(path) else ""
+        raise CheckpointError(f"{file}: missing{listing}")
+    record_file = storage.join(posixpath.dirname(file), JOB_FILE)
+    if not storage.isfile(record_file):
+        return job_of(validate_checkpoint(path))
+    try:
+        record = json.loads(storage.read_text(record_file))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{record_file}: unreadable ({type(e).__name__}: {str(e)[:200]})") from None
+    check_version(record, file)
+    if not isinstance(record, dict) or not isinstance(record.get("job"), dict):
+        raise CheckpointError(f"{record_file}: no job in it")
+    return record["job"]
+
+
 def list_checkpoints(run_dir: str | os.PathLike) -> list[str]:
     """Checkpoint directories of a run, oldest first: by step, then by when their state.pt was written
     (a directory written after a fallback resume carries a suffix and may share its step with a torn one)."""
@@ -116,16 +143,19 @@ def prune(run_dir: str | os.PathLike, keep: int) -> list[str]:
 
 
 def resolve_resume(candidate: str | os.PathLike | None, run_dir: str | os.PathLike | None,
-                   log: Callable[[str], None] = print) -> tuple[Payload | None, str | None, list[str]]:
+                   registry: str | None = "Ray") -> tuple[Payload | None, str | None, list[str]]:
     """Pick the checkpoint to resume from: the newest *valid* one among `candidate` (what the runtime
     offers, e.g. Ray's get_checkpoint(), possibly None) and the checkpoint directories in `run_dir`.
+    `registry` names what offers checkpoints ("Ray"), for the log lines; None for a runtime that
+    offers none (one process: the run dir is all there is).
 
     Two failure modes make the runtime's answer alone unsafe: a crash while a checkpoint was written
     leaves the newest one torn (we fall back to the newest valid older one, kept per checkpoint.keep),
     and a worker SIGKILLed right after a checkpoint was persisted can die before Ray's controller
     registered it (Ray then offers an older one, or none, although a complete newer one is on storage).
-    Returns (state, path, problems): problems name each invalid checkpoint passed over; (None, None,
-    []) when there is nothing to resume. Raises CheckpointError if checkpoints exist but none is valid."""
+    Returns (state, path, problems): the chosen payload, loaded and validated once; problems name each
+    invalid checkpoint passed over; (None, None, []) when there is nothing to resume. Raises
+    CheckpointError if checkpoints exist but none is valid."""
     cands = list_checkpoints(run_dir) if run_dir else []
     if candidate is not None:
         candidate = str(candidate)
@@ -142,24 +172,25 @@ def resolve_resume(candidate: str | os.PathLike | None, run_dir: str | os.PathLi
             state = validate_checkpoint(d)
         except CheckpointError as e:
             problems.append(str(e))
-            log(f"checkpoint {d} is invalid, trying an older one: {e}")
+            log.info(f"checkpoint {d} is invalid, trying an older one: {e}")
             continue
-        _explain_choice(d, state["step"], candidate, run_dir, problems, log)
+        _explain_choice(d, state["step"], candidate, run_dir, problems, registry)
         return state, d, problems
     raise CheckpointError(f"no valid checkpoint to resume from in {run_dir or storage.join(candidate, '..')}: "
                           + "; ".join(problems) + " -- delete the broken checkpoint directories or start over "
                           "with --fresh")
 
 
-def _explain_choice(used: str, step: int, candidate: str | None, run_dir, problems: list[str], log) -> None:
+def _explain_choice(used: str, step: int, candidate: str | None, run_dir, problems: list[str],
+                    registry: str | None) -> None:
     if problems:
-        log(f"falling back to the newest valid checkpoint {used} (step {step}); "
-            f"skipped {len(problems)} invalid checkpoint(s)")
-    if candidate is None:
-        log(f"Ray offered no checkpoint; resuming from {used} (step {step}) found in {run_dir}")
-    elif not _same_path(candidate, used) and step > (step_of_dir(candidate) or -1):
-        log(f"storage holds a complete checkpoint {name_of(used)} newer than the one Ray registered "
-            f"({name_of(candidate)}; the worker died before Ray recorded it): resuming from step {step}")
+        log.info(f"falling back to the newest valid checkpoint {used} (step {step}); "
+                 f"skipped {len(problems)} invalid checkpoint(s)")
+    if candidate is None and registry is not None:
+        log.info(f"{registry} offered no checkpoint; resuming from {used} (step {step}) found in {run_dir}")
+    elif candidate is not None and not _same_path(candidate, used) and step > (step_of_dir(candidate) or -1):
+        log.info(f"storage holds a complete checkpoint {name_of(used)} newer than the one {registry} registered "
+                 f"({name_of(candidate)}; the worker died before {registry} recorded it): resuming from step {step}")
 
 
 def _same_path(a: str, b: str) -> bool:

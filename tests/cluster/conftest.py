@@ -9,7 +9,7 @@ def no_ray(monkeypatch):
     on a GPU machine without Ray) collect without it."""
     import ray
 
-    from cluster import launch
+    from cluster.driver import launch
 
     def boom(*a, **k):
         raise AssertionError("Ray was started")

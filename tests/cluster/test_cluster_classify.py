@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from cluster import checkpoint as ck
+from cluster.checkpoint import compat, format as fmt, store
 from cluster.config import JobConfigError, job_from_dict
-from cluster.data import train_loader, val_batches
-from cluster.jobs import load_job
-from cluster.tasks import TASKS
-from cluster_helpers import REPO, make_checkpoint, write_job, write_mnist_idx
+from cluster.train.data import train_loader, val_batches
+from cluster.driver.jobs import load_job
+from cluster.tasks import task_of
+from cluster.tasks.examples import TokenExamples
+from cluster_helpers import REPO, make_checkpoint, write_checkpoint, write_job, write_mnist_idx
 from data_prep.cli import main as prep_main
 from data_prep.manifest import shard_paths
 
@@ -54,12 +56,7 @@ def classify_job(shards: Path, storage: Path, name: str = "cls", **sections) -> 
 def _classifier_checkpoint(path: Path, shards: Path) -> Path:
     """A task-classify checkpoint written with the trainer's own writer (fresh weights, no Ray)."""
     job = job_from_dict(classify_job(shards, path.parent), "<test>")
-    net = TASKS["classify"].build_model(job.model)
-    save = ck.make_payload(model_state=net.state_dict(), optimizer_state={}, scheduler_state={}, step=3,
-                           data_seed=0, world_size=1, job=job.to_dict(), rng={"per_rank": [ck.capture_rng()]},
-                           sample_rate=None)
-    ck.save_checkpoint_dir(path, save)
-    return path
+    return write_checkpoint(path, job, task_of(job).build_model(), step=3, sample_rate=None)
 
 
 # ---------------------------------------------------------------- job validation (no Ray)
@@ -82,7 +79,7 @@ def test_classify_job_errors_name_file_and_key(tmp_path, no_ray):
 
 def test_sashimi_train_takes_classify_jobs_and_checks_data_first(tmp_path, capsys, no_ray):
     """No longer refused: it goes to the trainer, whose driver-side checks still run before Ray starts."""
-    from cluster.cli import main
+    from cluster.driver.cli import main
 
     assert main([str(REPO / "jobs" / "smnist-classify.yaml"), f"data.shards={tmp_path / 'nowhere'}"]) == 2
     err = capsys.readouterr().err
@@ -90,21 +87,17 @@ def test_sashimi_train_takes_classify_jobs_and_checks_data_first(tmp_path, capsy
 
 
 def test_test_split_falls_back_to_val(mnist, tmp_path):
-    from cluster.prepare import test_split_of
+    from cluster.driver.prepare import test_split_of
 
     shards, _ = mnist
     job = load_job(write_job(tmp_path / "j.yaml", classify_job(shards, tmp_path)))
-    lists = {"val": shard_paths(shards, "val")}
-    assert test_split_of(job, lists, "j") == ("test", shard_paths(shards, "test"))
+    val = shard_paths(shards, "val")
     m = json.loads((shards / "manifest.json").read_text())
+    assert test_split_of(job, m, val, "j") == ("test", shard_paths(shards, "test"))
     del m["splits"]["test"]
-    no_test = tmp_path / "no-test"
-    no_test.mkdir()
-    (no_test / "manifest.json").write_text(json.dumps(m))
-    job.data.shards = str(no_test)
-    assert test_split_of(job, lists, "j") == ("val", lists["val"])
+    assert test_split_of(job, m, val, "j") == ("val", val)
     with pytest.raises(JobConfigError, match="neither a test split"):
-        test_split_of(job, {"val": []}, "j")
+        test_split_of(job, m, [], "j")
 
 
 # ---------------------------------------------------------------- labelled data streams
@@ -112,8 +105,8 @@ def test_test_split_falls_back_to_val(mnist, tmp_path):
 def test_train_stream_carries_the_right_labels_and_is_reproducible(mnist):
     shards, sets = mnist
     urls = shard_paths(shards, "train")
-    kw = dict(seed=0, rank=0, start_step=0, n_batches=3, batch_size=4, crop=None, quantization="none",
-              shuffle_buffer=8, n_labels=10)
+    kw = dict(seed=0, rank=0, start_step=0, n_batches=3, batch_size=4, shuffle_buffer=8,
+              examples=TokenExamples(None, "none", 10))
     a, b = list(train_loader(urls, **kw)), list(train_loader(urls, **kw))
     assert len(a) == 3
     for (ta, ma, la), (tb, mb, lb) in zip(a, b):
@@ -122,14 +115,13 @@ def test_train_stream_carries_the_right_labels_and_is_reproducible(mnist):
         for tok, lab in zip(ta, la):  # the label is the one its pixels encode (band at column 2c+4)
             img = tok.reshape(28, 28)
             assert int(img[0, 2 * lab + 4]) == 100 + 15 * int(lab)
-    plain = next(iter(train_loader(urls, **{**kw, "n_labels": None})))
+    plain = next(iter(train_loader(urls, **{**kw, "examples": TokenExamples(None, "none")})))
     assert len(plain) == 2 and torch.equal(plain[0], a[0][0])  # generative batches are unchanged
 
 
 def test_val_batches_with_labels_in_shard_order(mnist):
     shards, sets = mnist
-    out = val_batches(shard_paths(shards, "test"), n_batches=10, batch_size=20, crop=None, quantization="none",
-                      n_labels=10)
+    out = val_batches(shard_paths(shards, "test"), n_batches=10, batch_size=20, examples=TokenExamples(None, "none", 10))
     assert [len(b[2]) for b in out] == [20, 20, 10]  # whole split, short last batch
     x, y = sets["t10k"]
     assert np.array_equal(torch.cat([b[2] for b in out]).numpy(), y)
@@ -142,32 +134,31 @@ def test_label_out_of_range_is_a_bad_sample(mnist):
     shards, _ = mnist
     urls = shard_paths(shards, "test")
     with pytest.raises(BadDataError, match=r"label \d is not in 0\.\.1"):
-        val_batches(urls, n_batches=1, batch_size=4, crop=None, quantization="none", n_labels=2,
-                    on_bad_sample="stop")
-    kept = val_batches(urls, n_batches=100, batch_size=100, crop=None, quantization="none", n_labels=2)
+        val_batches(urls, n_batches=1, batch_size=4, examples=TokenExamples(None, "none", 2), on_bad_sample="stop")
+    kept = val_batches(urls, n_batches=100, batch_size=100, examples=TokenExamples(None, "none", 2))
     assert set(kept[0][2].tolist()) <= {0, 1}
 
 
 # ---------------------------------------------------------------- checkpoints of the other task
 
 def test_generative_tools_refuse_a_classifier_checkpoint(mnist, tmp_path, capsys):
-    from cluster.evaluate import main as eval_main
-    from cluster.generate_cli import main as gen_main
+    from cluster.tools.evaluate import main as eval_main
+    from cluster.tools.generate import main as gen_main
 
     shards, _ = mnist
-    ckpt = _classifier_checkpoint(tmp_path / "ck", shards)
+    ckpt = _classifier_checkpoint(tmp_path / "run", shards)
     assert gen_main([str(ckpt), "--seconds", "0.01", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(ckpt) in err and "'classify'" in err and "classify-eval" in err
     assert eval_main([str(ckpt), "--data", str(shards), "--split", "test"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(ckpt) in err and "'classify'" in err
-    with pytest.raises(ck.WrongTaskError, match="ck"):
+    with pytest.raises(fmt.WrongTaskError, match=str(ckpt)):
         ck.load_checkpoint(ckpt)
 
 
 def test_classify_eval_scores_a_checkpoint_and_refuses_others(mnist, tmp_path, capsys):
-    from cluster.mnist_demo import main
+    from cluster.tools.mnist_demo import main
 
     shards, sets = mnist
     ckpt = _classifier_checkpoint(tmp_path / "ck", shards)
@@ -190,9 +181,9 @@ def test_classify_eval_scores_a_checkpoint_and_refuses_others(mnist, tmp_path, c
 
 def test_resume_refuses_a_checkpoint_of_the_other_task():
     gen = {"task": "generate", "model": dict(TINY), "data": {"quantization": "none"}}
-    assert ck.config_mismatch(gen, {**gen, "task": "classify"}) == ["task: checkpoint 'generate', job 'classify'"]
+    assert compat.config_mismatch(gen, {**gen, "task": "classify"}) == ["task: checkpoint 'generate', job 'classify'"]
     old = {k: v for k, v in gen.items() if k != "task"}  # written before jobs had a task
-    assert ck.config_mismatch(old, gen) == []
+    assert compat.config_mismatch(old, gen) == []
 
 
 # ---------------------------------------------------------------- real Ray Train runs
@@ -207,8 +198,8 @@ def _read_tb(run_dir: Path) -> dict:
 def test_sashimi_train_classify_run_reports_test_accuracy(mnist, tmp_path, capsys):
     """The CLI path end to end on 1 CPU worker: trains, checkpoints (task classify), scores the whole test
     split, writes test_result.json, logs test/accuracy; and the trivially learnable labels are learned."""
-    from cluster.cli import main
-    from cluster.mnist_demo import main as demo_main
+    from cluster.driver.cli import main
+    from cluster.tools.mnist_demo import main as demo_main
 
     shards, sets = mnist
     path = write_job(tmp_path / "cls.yaml", classify_job(shards, tmp_path / "runs"))
@@ -223,7 +214,7 @@ def test_sashimi_train_classify_run_reports_test_accuracy(mnist, tmp_path, capsy
     assert res["accuracy"] >= 0.6, res  # chance is 0.1: labels and loss reach the model
     latest = ck.latest_checkpoint(run_dir)
     state = ck.validate_checkpoint(latest)
-    assert state["step"] == 40 and ck.job_of(state)["task"] == "classify"
+    assert state["step"] == 40 and fmt.job_of(state)["task"] == "classify"
     assert set(state["metrics"]) == {"val_loss", "val_accuracy"}
     scalars, tags = _read_tb(run_dir)
     assert [s for s, _ in scalars["val/accuracy"]] == [20, 40] and "val/loss" in scalars
@@ -240,8 +231,8 @@ def test_two_worker_classify_resume_is_exact(mnist, tmp_path):
     """2-worker DDP: 6 steps straight == 4 steps, then resumed to 6 (same data, RNG, optimiser)."""
     import ray
 
-    from cluster.connect import local_ray_init_kwargs
-    from cluster.launch import run
+    from cluster.driver.connect import local_ray_init_kwargs
+    from cluster.driver.launch import run
 
     shards, _ = mnist
     sections = {"scaling": {"num_workers": 2}, "training": {"max_steps": 6, "batch_per_worker": 4},
@@ -252,7 +243,7 @@ def test_two_worker_classify_resume_is_exact(mnist, tmp_path):
     try:
         def go(name, overrides=()):
             path = write_job(tmp_path / f"{name}.yaml", classify_job(shards, tmp_path / "runs", name, **sections))
-            return run(load_job(path, list(overrides)), str(path), log=lambda *a: None)
+            return run(load_job(path, list(overrides)), str(path))
 
         straight = go("straight")
         assert go("resumed", ["training.max_steps=4"]).metrics["step"] == 4
@@ -264,7 +255,7 @@ def test_two_worker_classify_resume_is_exact(mnist, tmp_path):
     results = [json.loads((tmp_path / "runs" / n / "test_result.json").read_text()) for n in ("straight", "resumed")]
     assert [(r["step"], r["examples"]) for r in results] == [(6, N_TEST), (6, N_TEST)]
     assert results[0]["accuracy"] == pytest.approx(results[1]["accuracy"])
-    a, b = ck.load_state(straight.checkpoint_dir), ck.load_state(second.checkpoint_dir)
+    a, b = store.load_state(straight.checkpoint_dir), store.load_state(second.checkpoint_dir)
     assert a["data"]["world_size"] == 2 and len(a["rng"]["per_rank"]) == 2
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6, msg=k)

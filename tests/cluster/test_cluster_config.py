@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import cli
+from cluster.driver import cli
 from cluster.config import JobConfigError
-from cluster.jobs import apply_overrides, load_job
-from cluster.prepare import prepare, shard_lists
+from cluster.driver.jobs import apply_overrides, load_job
+from cluster.driver.prepare import prepare, read_manifest, shard_lists
 from sashimi.config import SaShiMiConfig
 from cluster_helpers import REPO, tiny_job, write_job
 
@@ -131,7 +131,7 @@ def test_override_error_names_override(tmp_path, no_ray):
 
 def test_shard_lists_from_manifest(demo_shards, tmp_path):
     job = load_job(write_job(tmp_path / "j.yaml", tiny_job(demo_shards, tmp_path)))
-    lists = shard_lists(job)
+    lists = shard_lists(job, read_manifest(job))
     assert lists["train"] and lists["val"]
     assert all(Path(p).is_file() and p.endswith(".tar") for p in lists["train"] + lists["val"])
 

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from cluster import checkpoint as ck
-from cluster.data import tokens_from_sample, train_loader, val_batches
-from cluster.schedule import LRSchedule
+from cluster.checkpoint import format as fmt, rng, store
+from cluster.config import job_from_dict
+from cluster.tasks.examples import TokenExamples, tokens_from_sample
+from cluster.train.data import train_loader, val_batches
+from cluster.train.schedule import LRSchedule
 from cluster.seeds import mix_seed
 from cluster_helpers import make_demo_shards
 from data_prep.manifest import shard_paths
@@ -23,7 +27,7 @@ def shards(tmp_path_factory):
 
 
 def _take(urls, **kw):
-    args = dict(seed=0, rank=0, start_step=0, n_batches=5, batch_size=2, crop=256, quantization="mu-law",
+    args = dict(seed=0, rank=0, start_step=0, n_batches=5, batch_size=2, examples=TokenExamples(256, "mu-law"),
                 shuffle_buffer=4)
     args.update(kw)
     return list(train_loader(urls, **args))
@@ -84,8 +88,8 @@ def test_short_clip_is_padded_and_masked():
 
 def test_val_batches_are_fixed(shards):
     urls = shard_paths(shards, "val")
-    a = val_batches(urls, n_batches=2, batch_size=2, crop=256, quantization="linear")
-    b = val_batches(urls, n_batches=2, batch_size=2, crop=256, quantization="linear")
+    a = val_batches(urls, n_batches=2, batch_size=2, examples=TokenExamples(256, "linear"))
+    b = val_batches(urls, n_batches=2, batch_size=2, examples=TokenExamples(256, "linear"))
     assert len(a) >= 1 and all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
 
 
@@ -94,7 +98,7 @@ def test_val_shares_interleave_to_the_whole_and_loaders_pin_on_request(shards):
     in size by at most one (the trainer merges their sums, so uneven shares are fine). The train split
     plays val here: the tiny corpus' val split holds 2 clips."""
     urls = shard_paths(shards, "train")
-    kw = dict(n_batches=3, batch_size=1, crop=256, quantization="mu-law")
+    kw = dict(n_batches=3, batch_size=1, examples=TokenExamples(256, "mu-law"))
     whole = val_batches(urls, **kw)
     shares = [val_batches(urls, rank=r, world=2, **kw) for r in (0, 1)]
     assert len(whole) == 3 and [len(s) for s in shares] == [2, 1]
@@ -102,8 +106,8 @@ def test_val_shares_interleave_to_the_whole_and_loaders_pin_on_request(shards):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert val_batches(urls, rank=3, world=4, **kw) == []  # more ranks than batches: an empty share
     # pinned host memory makes the trainer's non_blocking copies to a GPU asynchronous
-    loaders = [train_loader(urls, seed=0, rank=0, start_step=0, n_batches=1, batch_size=1, crop=256,
-                            quantization="mu-law", pin_memory=pin) for pin in (False, True)]
+    loaders = [train_loader(urls, examples=TokenExamples(256, "mu-law"), seed=0, rank=0, start_step=0, n_batches=1,
+                            batch_size=1, pin_memory=pin) for pin in (False, True)]
     assert [loader.pipeline[0].pin_memory for loader in loaders] == [False, True]
 
 
@@ -113,37 +117,53 @@ def test_mix_seed_is_stable():
     assert mix_seed(1, 2, 3) == 1479714026269226309
 
 
-def test_checkpoint_roundtrip_weights_only(tmp_path):
-    torch.manual_seed(0)
+def _trained(seed: int):
+    torch.manual_seed(seed)
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    sched = LRSchedule(opt, "plateau", 100)
-    job = {"name": "x", "model": {"d_model": 4}, "data": {"quantization": "mu-law"}}
-    state = ck.make_payload(model_state=model.state_dict(), optimizer_state=opt.state_dict(),
-                            scheduler_state=sched.state_dict(), step=7, data_seed=3, world_size=1, job=job,
-                            rng={"per_rank": [ck.capture_rng()]}, sample_rate=16000,
-                            metrics={"val_nll_bits": 1.5})
-    path = ck.save_checkpoint_dir(tmp_path, state)
-    assert [p.name for p in tmp_path.iterdir()] == [ck.STATE_FILE]  # no temp file left behind
-    back = ck.load_state(tmp_path)  # uses weights_only=True
-    assert back["step"] == 7 and ck.job_of(back) == job and back["data"]["seed"] == 3
-    assert back["sample_rate"] == 16000 and back["format_version"] == ck.FORMAT_VERSION
-    assert torch.equal(back["model"]["weight"], model.weight.detach())
-    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
-    opt2.load_state_dict(back["optimizer"])
-    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
-    torch.load(path, weights_only=True)
+    return model, opt, LRSchedule(opt, "plateau", 100)
+
+
+def test_checkpoint_manager_round_trip_restores_everything_it_holds(tmp_path):
+    """save() then load() into fresh objects: weights, AdamW moments, the schedule, the TrainState and the
+    RNG streams come back exactly; the file is tensors and primitives (weights_only=True reads it) with a
+    job.json beside it."""
+    job = job_from_dict({"name": "x", "seed": 3, "data": {"shards": "/d"}, "model": {"d_model": 4}}, "<test>")
+    model, opt, sched = _trained(0)
+    sched.observe(2.0)
+    state = ck.TrainState(step=7, nonfinite_steps=2, metrics={"val_nll_bits": 1.5})
+    saver = ck.CheckpointManager(job, str(tmp_path), model=model, optimizer=opt, schedule=sched, state=state,
+                                 sample_rate=16000)
+    path = saver.save()
+    after_save = torch.rand(3)
+    assert sorted(p.name for p in Path(path).iterdir()) == [fmt.JOB_FILE, fmt.STATE_FILE]  # no temp file left
+    back = store.load_state(path)  # weights_only=True
+    assert fmt.job_of(back) == job.to_dict() and back["data"] == {"seed": 3, "step": 7, "world_size": 1}
+    assert back["sample_rate"] == 16000 and back["format_version"] == fmt.FORMAT_VERSION
+    torch.load(Path(path) / fmt.STATE_FILE, weights_only=True)
+
+    model2, opt2, sched2 = _trained(1)
+    state2 = ck.TrainState()
+    loader = ck.CheckpointManager(job, str(tmp_path), model=model2, optimizer=opt2, schedule=sched2, state=state2)
+    assert loader.load() and loader.resumed_from == 7
+    assert torch.equal(torch.rand(3), after_save)  # this rank's RNG as it was when saved
+    assert state2 == state and sched2.state_dict() == sched.state_dict()
+    assert torch.equal(model2.weight, model.weight) and torch.equal(model2.bias, model.bias)
+    for k in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(opt2.state_dict()["state"][0][k], opt.state_dict()["state"][0][k])
+    fresh = ck.CheckpointManager(job, str(tmp_path / "empty"), model=model2, state=ck.TrainState())
+    assert not fresh.load() and fresh.resumed_from == -1
 
 
 def test_rng_capture_restore_reproduces_draws():
     torch.manual_seed(1); np.random.seed(1); random.seed(1)
     np.random.randn()  # has_gauss state
-    state = ck.capture_rng()
+    state = rng.capture_rng()
     first = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
     torch.manual_seed(99); np.random.seed(99); random.seed(99)
-    ck.restore_rng(state)
+    rng.restore_rng(state)
     again = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
     assert first[2] == again[2] and first[3] == again[3]
@@ -151,11 +171,11 @@ def test_rng_capture_restore_reproduces_draws():
 
 def test_latest_checkpoint_by_step(tmp_path):
     for step in (9, 100, 20):
-        d = tmp_path / ck.checkpoint_dir_name(step)
+        d = tmp_path / store.checkpoint_dir_name(step)
         d.mkdir()
-        (d / ck.STATE_FILE).write_bytes(b"x")
-    (tmp_path / ck.checkpoint_dir_name(500)).mkdir()  # incomplete: no state file
-    assert ck.name_of(ck.latest_checkpoint(tmp_path)) == ck.checkpoint_dir_name(100)
+        (d / fmt.STATE_FILE).write_bytes(b"x")
+    (tmp_path / store.checkpoint_dir_name(500)).mkdir()  # incomplete: no state file
+    assert store.name_of(ck.latest_checkpoint(tmp_path)) == store.checkpoint_dir_name(100)
 
 
 def _opt(lr=1.0):

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from cluster.evaluate import main, split_round_robin
+from cluster.tools.evaluate import main, split_round_robin
 from data_prep.manifest import shard_paths
 from data_prep.schema import decode_sample
 from data_prep.shard import shard_folder
@@ -32,7 +32,7 @@ def shards(tmp_path_factory):
         sf.write(src / f"f{i}.wav", x.astype(np.float32), 8000)
     out = root / "shards"
     shard_folder(src, out, "generic", sample_rate=4000, clip_seconds=0.1, split=(0.34, 0.0, 0.66), pad_last=True,
-                 seed=0, shard_max_mb=0.004, progress=False, log=lambda m: None)
+                 seed=0, shard_max_mb=0.004, progress=False)
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cluster.generate_cli import main
+from cluster.tools.generate import main
 from sashimi.metrics import shift_inputs
 from sashimi.quantize import linear_decode, mu_law_decode, mu_law_encode
 from cluster_helpers import make_checkpoint

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cluster.mnist_demo import GEN_RGB, PRIME_RGB, completion_grid, load_digits, main
+from cluster.tools.mnist_demo import GEN_RGB, PRIME_RGB, completion_grid, load_digits, main
 from data_prep.cli import main as prep_main
 from sashimi.metrics import shift_inputs
 from cluster_helpers import make_checkpoint, write_mnist_idx
@@ -57,7 +57,7 @@ def test_eval_pixel_checkpoint_bits_per_pixel(tmp_path, mnist):
 
     import torch.nn.functional as F
 
-    from cluster.evaluate import main as eval_main
+    from cluster.tools.evaluate import main as eval_main
 
     shards, sets = mnist
     ckpt, net, _ = make_checkpoint(tmp_path / "ck", quantization="none", shards=str(shards), model=PIXEL_MODEL)

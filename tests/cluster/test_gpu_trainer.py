@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cluster import checkpoint as ck
-from cluster.jobs import load_job
-from cluster.local import run_local
+from cluster.driver.jobs import load_job
+from cluster.driver.local import run_local
 from cluster_helpers import assert_same_training_state, make_demo_shards, tiny_job, write_job
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only test: no CUDA device here")
@@ -22,7 +22,7 @@ def shards(tmp_path_factory):
 
 def _run(tmp_path, shards, name, overrides=()):
     path = write_job(tmp_path / f"{name}.yaml", tiny_job(shards, tmp_path / "runs", name, **STEPS))
-    return run_local(load_job(path, list(overrides)), str(path), device="cuda", log=lambda *a: None)
+    return run_local(load_job(path, list(overrides)), str(path), device="cuda")
 
 
 @pytest.mark.gpu

@@ -1,6 +1,7 @@
 """The package layering, read from the source with ast (nothing is imported): only cluster/ imports
-Ray; imports flow cluster -> sashimi, data_prep and never back; no import cycle anywhere; cluster/
-imports at module top."""
+Ray, and there only the Ray adapters; imports flow cluster -> sashimi, data_prep and never back; inside
+cluster/ each side imports only the sides below it (shared modules < tasks < checkpoint < train <
+driver < tools); no import cycle anywhere; cluster/ imports at module top."""
 from __future__ import annotations
 
 import ast
@@ -13,6 +14,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("sashimi", "data_prep", "cluster")
 # What each package may import from the project (besides itself).
 ALLOWED = {"sashimi": set(), "data_prep": set(), "cluster": {"sashimi", "data_prep"}}
+# cluster/'s sides, lowest first: each may import the ones before it (and itself). "cluster" is the shared
+# top-level modules (job schema, run dir, seeds, collectives, logger, audio out).
+SIDES = ("cluster", "cluster.tasks", "cluster.checkpoint", "cluster.train", "cluster.driver", "cluster.tools")
+# The only modules that may import Ray: the driver's launch and connection, the worker adapter, sashimi-eval's
+# Ray tasks. The Trainer, the checkpoint manager and the tasks stay Ray-free.
+RAY_MODULES = {"cluster.driver.launch", "cluster.driver.connect", "cluster.train.ray_worker", "cluster.tools.evaluate"}
 
 
 def _modules() -> dict[str, Path]:
@@ -68,11 +75,33 @@ def _top(name: str) -> str:
     return name.split(".")[0]
 
 
-def test_only_cluster_imports_ray():
+def test_only_the_ray_adapters_import_ray():
     bad = [f"{path.relative_to(ROOT)}:{node.lineno} imports {target}"
-           for name, path in MODULES.items() if _top(name) != "cluster"
+           for name, path in MODULES.items() if name not in RAY_MODULES
            for target, node in _imports(name, path) if target == "ray" or target.startswith("ray.")]
-    assert not bad, "Ray outside cluster/:\n" + "\n".join(bad)
+    assert not bad, "Ray outside the Ray adapters:\n" + "\n".join(bad)
+
+
+def _side(name: str) -> str:
+    """A cluster module's side: its sub-package, or "cluster" for the shared top-level modules."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 or (len(parts) == 2 and f"{name}.__init__" in _PACKAGE_INITS) \
+        else "cluster"
+
+
+_PACKAGE_INITS = {".".join(f.relative_to(ROOT).with_suffix("").parts) for f in (ROOT / "cluster").rglob("__init__.py")}
+
+
+def test_every_cluster_module_is_on_a_known_side():
+    unknown = sorted(m for m in MODULES if _top(m) == "cluster" and _side(m) not in SIDES)
+    assert not unknown, f"add these sub-packages to SIDES (in their place in the layering): {unknown}"
+
+
+def test_cluster_sides_import_only_the_sides_below():
+    bad = [f"{name} ({_side(name)}) imports {dep} ({_side(dep)})" for name, deps in _project_edges().items()
+           if _top(name) == "cluster" for dep in deps
+           if _top(dep) == "cluster" and SIDES.index(_side(dep)) > SIDES.index(_side(name))]
+    assert not bad, "\n".join(bad)
 
 
 def test_imports_flow_from_cluster_to_sashimi_and_data_prep_only():
@@ -130,4 +159,14 @@ def test_the_checker_sees_cycles_and_ray(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="sashimi.a -> sashimi.b -> sashimi.a"):
         test_no_import_cycle()
     with pytest.raises(AssertionError, match="imports ray.train"):
-        test_only_cluster_imports_ray()
+        test_only_the_ray_adapters_import_ray()
+
+
+def test_the_side_checker_sees_an_upward_import(monkeypatch):
+    """The side rule is not vacuous: the trainer importing the driver is reported."""
+    here = sys.modules[__name__]
+    edges = _project_edges()
+    edges["cluster.train.trainer"] = edges["cluster.train.trainer"] | {"cluster.driver.prepare"}
+    monkeypatch.setattr(here, "_project_edges", lambda: edges)
+    with pytest.raises(AssertionError, match=r"cluster.train.trainer \(cluster.train\) imports cluster.driver.prepare"):
+        test_cluster_sides_import_only_the_sides_below()

@@ -2,6 +2,7 @@
 shards and samples, hostile shard members, unsafe YAML, config drift, loopback-only servers."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -13,16 +14,18 @@ import pytest
 import torch
 
 from cluster import checkpoint as ck
-from cluster import connect, driver, launch
-from cluster.config import JobConfigError
-from cluster.data import train_loader, val_batches
+from cluster.checkpoint import compat, format as fmt, store
+from cluster.config import JobConfigError, job_from_dict
+from cluster.driver import connect, launch, summary
+from cluster.train.data import train_loader, val_batches
 from data_prep.reader import BadDataError, BadSamplePolicy
-from cluster.jobs import load_job
-from cluster.prepare import prepare
-from cluster.schedule import LRSchedule
-from cluster.trainer import GRAD_NONFINITE, LOSS_NONFINITE, STEP_OK, step_verdict
+from cluster.driver.jobs import load_job
+from cluster.driver.prepare import prepare
+from cluster.train.schedule import LRSchedule
+from cluster.train.trainer import GRAD_NONFINITE, LOSS_NONFINITE, STEP_OK, step_verdict
 from data_prep.atomicio import atomic_write
-from cluster_helpers import make_demo_shards, spawn_ranks, tiny_job, write_job
+from cluster.tasks.examples import TokenExamples
+from cluster_helpers import make_demo_shards, spawn_ranks, tiny_job, write_checkpoint, write_job
 from data_prep.manifest import shard_paths
 from data_prep.schema import SampleError, decode_sample
 
@@ -34,7 +37,13 @@ def shards(tmp_path_factory):
     return make_demo_shards(tmp_path_factory.mktemp("demo"))
 
 
-def _state(step: int, job: dict | None = None, weight=None) -> dict:
+X_JOB = job_from_dict({"name": "x", "data": {"shards": "/nonexistent"}, "model": {"d_model": 8},
+                       "checkpoint": {"keep": 100}}, "<test>")
+
+
+def _save(run: Path, step: int, job=X_JOB, weight=None, suffix: str = "") -> Path:
+    """A small model (AdamW moments and the LR schedule included) saved at `step` into `run` by the
+    trainer's checkpoint manager; `weight` replaces its weight first."""
     torch.manual_seed(step)
     model = torch.nn.Linear(3, 2)
     if weight is not None:
@@ -43,16 +52,16 @@ def _state(step: int, job: dict | None = None, weight=None) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    return ck.make_payload(model_state=model.state_dict(), optimizer_state=opt.state_dict(),
-                           scheduler_state=LRSchedule(opt, "constant", 10).state_dict(), step=step, data_seed=0,
-                           world_size=1, job=job or {"name": "x", "model": {"d_model": 8}},
-                           rng={"per_rank": [ck.capture_rng()]}, sample_rate=16000)
+    manager = ck.CheckpointManager(job, str(run), model=model, optimizer=opt, schedule=LRSchedule(opt, "constant", 10),
+                                   state=ck.TrainState(step=step), sample_rate=16000)
+    manager.suffix = suffix
+    return Path(manager.save())
 
 
 def _run_dir(tmp_path, steps=(2, 4, 6)) -> Path:
     run = tmp_path / "run"
     for s in steps:
-        ck.save_checkpoint_dir(run / ck.checkpoint_dir_name(s), _state(s))
+        _save(run, s)
     return run
 
 
@@ -69,10 +78,10 @@ class Evil:
 # ---------------------------------------------------------------- torn checkpoints
 
 @pytest.mark.parametrize("damage", ["truncate", "delete_file", "zero_bytes", "garbage"])
-def test_torn_newest_checkpoint_falls_back_to_newest_valid(tmp_path, damage):
+def test_torn_newest_checkpoint_falls_back_to_newest_valid(tmp_path, damage, cluster_log):
     run = _run_dir(tmp_path)
-    newest = run / ck.checkpoint_dir_name(6)
-    f = newest / ck.STATE_FILE
+    newest = run / store.checkpoint_dir_name(6)
+    f = newest / fmt.STATE_FILE
     if damage == "truncate":
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     elif damage == "delete_file":
@@ -81,54 +90,57 @@ def test_torn_newest_checkpoint_falls_back_to_newest_valid(tmp_path, damage):
         f.write_bytes(b"")
     else:
         f.write_bytes(os.urandom(2000))
-    lines = []
-    state, used, problems = ck.resolve_resume(newest, run, log=lines.append)
-    assert used == str(run / ck.checkpoint_dir_name(4)) and state["step"] == 4
+    lines = cluster_log
+    state, used, problems = store.resolve_resume(newest, run)
+    assert used == str(run / store.checkpoint_dir_name(4)) and state["step"] == 4
     assert len(problems) == 1 and str(newest) in problems[0]
     assert any("invalid" in ln and str(newest) in ln for ln in lines)
-    assert any("falling back" in ln and ck.checkpoint_dir_name(4) in ln for ln in lines)
-    with pytest.raises(ck.CheckpointError, match=ck.checkpoint_dir_name(6)):
+    assert any("falling back" in ln and store.checkpoint_dir_name(4) in ln for ln in lines)
+    with pytest.raises(ck.CheckpointError, match=store.checkpoint_dir_name(6)):
         ck.validate_checkpoint(newest)
 
 
 def test_fallback_skips_several_and_fails_clearly_when_none_is_valid(tmp_path):
     run = _run_dir(tmp_path)
     for s in (6, 4):
-        (run / ck.checkpoint_dir_name(s) / ck.STATE_FILE).write_bytes(b"PK\x03\x04torn")
-    state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(6), run, log=lambda m: None)
+        (run / store.checkpoint_dir_name(s) / fmt.STATE_FILE).write_bytes(b"PK\x03\x04torn")
+    state, used, problems = store.resolve_resume(run / store.checkpoint_dir_name(6), run)
     assert state["step"] == 2 and len(problems) == 2
-    (run / ck.checkpoint_dir_name(2) / ck.STATE_FILE).unlink()
+    (run / store.checkpoint_dir_name(2) / fmt.STATE_FILE).unlink()
     with pytest.raises(ck.CheckpointError, match=r"no valid checkpoint.*--fresh") as e:
-        ck.resolve_resume(run / ck.checkpoint_dir_name(6), run, log=lambda m: None)
+        store.resolve_resume(run / store.checkpoint_dir_name(6), run)
     for s in (2, 4, 6):
-        assert ck.checkpoint_dir_name(s) in str(e.value)
+        assert store.checkpoint_dir_name(s) in str(e.value)
 
 
-def test_valid_candidate_is_used_unless_storage_has_a_newer_complete_one(tmp_path):
+def test_valid_candidate_is_used_unless_storage_has_a_newer_complete_one(tmp_path, cluster_log):
     run = _run_dir(tmp_path)
-    lines = []
-    state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(6), run, log=lines.append)
-    assert ck.name_of(used) == ck.checkpoint_dir_name(6) and state["step"] == 6 and problems == [] and lines == []
+    lines = cluster_log
+    state, used, problems = store.resolve_resume(run / store.checkpoint_dir_name(6), run)
+    assert store.name_of(used) == store.checkpoint_dir_name(6) and state["step"] == 6 and problems == [] and lines == []
     # a worker SIGKILLed just after checkpoint 6 was persisted: Ray only registered 4 (or nothing)
-    state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(4), run, log=lines.append)
+    state, used, problems = store.resolve_resume(run / store.checkpoint_dir_name(4), run)
     assert state["step"] == 6 and problems == [] and "newer than the one Ray registered" in lines[-1]
-    state, used, problems = ck.resolve_resume(None, run, log=lines.append)
+    state, used, problems = store.resolve_resume(None, run)
     assert state["step"] == 6 and "Ray offered no checkpoint" in lines[-1]
-    assert ck.resolve_resume(None, tmp_path / "empty") == (None, None, [])
+    n = len(lines)
+    state, used, problems = store.resolve_resume(None, run, registry=None)  # one process: nothing is offered
+    assert state["step"] == 6 and len(lines) == n  # and nothing to say about an offer
+    assert store.resolve_resume(None, tmp_path / "empty") == (None, None, [])
 
 
 def test_suffixed_checkpoint_after_fallback_sorts_after_torn_one(tmp_path):
     run = _run_dir(tmp_path, steps=(2, 4))
-    (run / ck.checkpoint_dir_name(4) / ck.STATE_FILE).write_bytes(b"")
-    ck.save_checkpoint_dir(run / ck.checkpoint_dir_name(4, "r123"), _state(4))
-    assert [ck.name_of(d) for d in ck.list_checkpoints(run)][-1] == ck.checkpoint_dir_name(4, "r123")
-    assert ck.step_of_dir(run / ck.checkpoint_dir_name(4, "r123")) == 4
-    assert ck.step_of_dir(run / "tensorboard") is None
+    (run / store.checkpoint_dir_name(4) / fmt.STATE_FILE).write_bytes(b"")
+    _save(run, 4, suffix="r123")
+    assert [store.name_of(d) for d in ck.list_checkpoints(run)][-1] == store.checkpoint_dir_name(4, "r123")
+    assert store.step_of_dir(run / store.checkpoint_dir_name(4, "r123")) == 4
+    assert store.step_of_dir(run / "tensorboard") is None
 
 
 def test_atomic_save_leaves_old_file_intact_on_crash(tmp_path, monkeypatch):
-    d = tmp_path / ck.checkpoint_dir_name(2)
-    ck.save_checkpoint_dir(d, _state(2))
+    d = _save(tmp_path, 2)
+    before = (d / fmt.STATE_FILE).read_bytes()
 
     def crash(obj, f, *a, **k):
         f.write(b"half a checkpoint")
@@ -136,33 +148,41 @@ def test_atomic_save_leaves_old_file_intact_on_crash(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        ck.save_checkpoint_dir(d, _state(4))
+        _save(tmp_path, 2, weight=torch.ones(2, 3))  # the same step written again, killed mid-write
     monkeypatch.undo()
-    assert ck.validate_checkpoint(d)["step"] == 2
-    assert sorted(p.name for p in d.iterdir()) == [ck.STATE_FILE]  # no temp file left
+    assert (d / fmt.STATE_FILE).read_bytes() == before and ck.validate_checkpoint(d)["step"] == 2
+    assert sorted(p.name for p in d.iterdir()) == [fmt.JOB_FILE, fmt.STATE_FILE]  # no temp file left
 
 
 # ---------------------------------------------------------------- non-finite weights
 
-def test_save_refuses_nonfinite_weights_and_writes_nothing(tmp_path):
+def test_save_refuses_nonfinite_weights_and_writes_nothing(tmp_path, monkeypatch):
     w = torch.zeros(2, 3)
     w[0, 1] = float("nan")
-    with pytest.raises(ck.NonFiniteCheckpointError, match=r"refusing to save.*model\.weight"):
-        ck.save_checkpoint_dir(tmp_path / "c", _state(2, weight=w))
-    assert not (tmp_path / "c" / ck.STATE_FILE).exists()
-    s = _state(2)
-    s["optimizer"]["state"][0]["exp_avg_sq"][0, 0] = float("inf")
-    with pytest.raises(ck.NonFiniteCheckpointError, match=r"optimizer\.state\[0\]\.exp_avg_sq"):
-        ck.save_checkpoint_dir(tmp_path / "c", s)
-    ck.save_checkpoint_dir(tmp_path / "c", _state(2))  # finite: saved
+    with pytest.raises(fmt.NonFiniteCheckpointError, match=r"non-finite at step 2 \(weight\); refusing to save"):
+        _save(tmp_path / "c", 2, weight=w)
+    assert not (tmp_path / "c").exists()
+    real = torch.optim.AdamW.state_dict
+
+    def inf_moment(self):  # finite weights, an Inf optimiser moment: the writer's own check refuses it
+        s = real(self)
+        s["state"][0]["exp_avg_sq"][0, 0] = float("inf")
+        return s
+
+    monkeypatch.setattr(torch.optim.AdamW, "state_dict", inf_moment)
+    with pytest.raises(fmt.NonFiniteCheckpointError, match=r"refusing to save.*optimizer\.state\[0\]\.exp_avg_sq"):
+        _save(tmp_path / "c", 2)
+    assert not (tmp_path / "c" / store.checkpoint_dir_name(2) / fmt.STATE_FILE).exists()
+    monkeypatch.undo()
+    assert ck.validate_checkpoint(_save(tmp_path / "c", 2))["step"] == 2  # finite: saved
 
 
 def test_checkpoint_with_nonfinite_weights_is_not_resumed_from(tmp_path):
-    run = _run_dir(tmp_path, steps=(2,))
-    bad = _state(4)
+    run = _run_dir(tmp_path, steps=(2, 4))
+    bad = store.load_state(run / store.checkpoint_dir_name(4))
     bad["model"]["bias"][0] = float("inf")
-    atomic_write(run / ck.checkpoint_dir_name(4) / ck.STATE_FILE, lambda f: torch.save(bad, f))  # no save check
-    state, used, problems = ck.resolve_resume(run / ck.checkpoint_dir_name(4), run, log=lambda m: None)
+    atomic_write(run / store.checkpoint_dir_name(4) / fmt.STATE_FILE, lambda f: torch.save(bad, f))  # no save check
+    state, used, problems = store.resolve_resume(run / store.checkpoint_dir_name(4), run)
     assert state["step"] == 2 and "non-finite" in problems[0] and "model.bias" in problems[0]
 
 
@@ -199,19 +219,18 @@ def test_all_ranks_agree_to_skip_a_step_only_one_rank_saw_as_nonfinite(tmp_path)
 
 def test_checkpoint_with_pickled_code_does_not_execute(tmp_path):
     marker = tmp_path / "pwned"
-    payload = {**_state(2), "evil": Evil(marker)}
-    d = tmp_path / ck.checkpoint_dir_name(2)
-    d.mkdir()
-    torch.save(payload, d / ck.STATE_FILE)  # plain pickle: the kind of file an attacker would plant
+    d = _save(tmp_path, 2)
+    payload = {**store.load_state(d), "evil": Evil(marker)}
+    torch.save(payload, d / fmt.STATE_FILE)  # plain pickle: the kind of file an attacker would plant
     with pytest.raises(Exception, match="(?i)weights only|unsupported global|not allowed"):
-        ck.load_state(d)
-    with pytest.raises(ck.CheckpointError, match=ck.STATE_FILE):
+        store.load_state(d)
+    with pytest.raises(ck.CheckpointError, match=fmt.STATE_FILE):
         ck.validate_checkpoint(d)
-    with pytest.raises(ck.CheckpointError, match=ck.STATE_FILE):
+    with pytest.raises(ck.CheckpointError, match=fmt.STATE_FILE):
         ck.load_checkpoint(d)
     assert not marker.exists()
     # the payload is live: an unsafe load would have run it
-    torch.load(d / ck.STATE_FILE, weights_only=False)
+    torch.load(d / fmt.STATE_FILE, weights_only=False)
     assert marker.exists()
 
 
@@ -224,25 +243,22 @@ def test_config_mismatch_names_the_keys():
     from sashimi.config import SaShiMiConfig
 
     if list(SaShiMiConfig().pool) == [4, 4]:
-        assert ck.config_mismatch(job, same_spelled_out) == []
+        assert compat.config_mismatch(job, same_spelled_out) == []
     other = {"name": "j", "model": {"d_model": 8, "n_layers": 1}, "data": {"quantization": "linear"}}
-    diff = ck.config_mismatch(job, other)
+    diff = compat.config_mismatch(job, other)
     assert diff == ["model.d_model: checkpoint 16, job 8", "data.quantization: checkpoint 'mu-law', job 'linear'"]
-    with pytest.raises(ck.CheckpointMismatchError, match=r"model\.d_model: checkpoint 16, job 8"):
-        ck.check_compatible(job, other, "/runs/j/checkpoint_step000000002")
+    with pytest.raises(compat.CheckpointMismatchError, match=r"model\.d_model: checkpoint 16, job 8"):
+        compat.check_compatible(job, other, "/runs/j/checkpoint_step000000002")
 
 
 def test_resuming_with_changed_model_fails_before_ray(tmp_path, shards, no_ray):
     storage = tmp_path / "runs"
     path = write_job(tmp_path / "j.yaml", tiny_job(shards, storage, "drift"))
-    job = load_job(path)
-    stored = job.to_dict()
-    stored["data"]["shards"] = str(shards)
-    ck.save_checkpoint_dir(storage / "drift" / ck.checkpoint_dir_name(2), _state(2, job=stored))
+    _save(storage / "drift", 2, job=load_job(path))
     prepare(load_job(path), str(path))  # same config: fine
     with pytest.raises(JobConfigError, match=r"j\.yaml.*model\.d_model: checkpoint 16, job 8.*--fresh"):
         prepare(load_job(path, ["model.d_model=8"]), str(path))
-    from cluster import cli
+    from cluster.driver import cli
 
     assert cli.main([str(path), "model.d_model=8"]) == 2
     prepare(load_job(path, ["model.d_model=8"]), str(path), fresh=True)  # --fresh: allowed
@@ -291,7 +307,7 @@ def test_yaml_python_tags_are_rejected_and_not_executed(tmp_path, no_ray):
     good = write_job(tmp_path / "good.yaml", tiny_job(tmp_path, tmp_path))
     with pytest.raises(JobConfigError, match="not valid YAML"):
         load_job(good, [f"name=!!python/object/apply:os.system ['touch {marker}']"])
-    from cluster import cli
+    from cluster.driver import cli
 
     assert cli.main([str(path)]) == 2
     assert not marker.exists()
@@ -322,9 +338,11 @@ def _members_of(shard: str, n: int) -> dict[str, bytes]:
     return out
 
 
+MU_LAW_256 = TokenExamples(crop=256, quantization="mu-law")
+
+
 def _take(urls, **kw):
-    args = dict(seed=0, rank=0, start_step=0, n_batches=6, batch_size=2, crop=256, quantization="mu-law",
-                shuffle_buffer=2)
+    args = dict(seed=0, rank=0, start_step=0, n_batches=6, batch_size=2, examples=MU_LAW_256, shuffle_buffer=2)
     args.update(kw)
     return list(train_loader(urls, **args))
 
@@ -367,11 +385,10 @@ def test_sample_with_missing_member_skipped_or_stopped(bad_dir, capfd):
 
 
 def test_val_reader_skips_bad_shards_too(bad_dir):
-    out = val_batches([bad_dir["truncated"], bad_dir["missing"]], n_batches=2, batch_size=1, crop=256,
-                      quantization="mu-law")
+    out = val_batches([bad_dir["truncated"], bad_dir["missing"]], n_batches=2, batch_size=1, examples=MU_LAW_256)
     assert len(out) == 2
     with pytest.raises(BadDataError, match="truncated.tar"):
-        val_batches([bad_dir["truncated"]], n_batches=50, batch_size=1, crop=256, quantization="mu-law",
+        val_batches([bad_dir["truncated"]], n_batches=50, batch_size=1, examples=MU_LAW_256,
                     on_bad_sample="stop")
 
 
@@ -382,12 +399,12 @@ def test_nothing_decodable_fails_instead_of_spinning(tmp_path):
         _take([str(junk)], on_bad_sample="skip")
 
 
-def test_policy_counts_and_logs_each_problem_once():
-    lines = []
-    p = BadSamplePolicy("skip", log=lines.append, max_in_a_row=5)
+def test_policy_counts_and_logs_each_problem_once(capsys):
+    p = BadSamplePolicy("skip", max_in_a_row=5)
     for _ in range(3):
         p.sample_error({"__url__": "/d/s.tar"}, SampleError("sample 'k': missing 'json' member"))
-    assert p.skipped == 3 and len(lines) == 1 and "/d/s.tar" in lines[0]
+    lines = capsys.readouterr().err.splitlines()
+    assert p.skipped == 3 and len(lines) == 1 and "/d/s.tar" in lines[0] and lines[0].startswith("[sashimi] data: ")
     p.good()
     for _ in range(4):
         p.sample_error({"__url__": "/d/s.tar"}, SampleError("x"))
@@ -408,7 +425,7 @@ def test_pickle_members_in_a_shard_are_never_unpickled(tmp_path, shards):
     members["zzevil.json"] = b'{"schema_version": 1, "kind": "audio", "length": 1, "num_samples": 1}'
     shard = _tar(tmp_path / "hostile.tar", members)
     assert len(_take([str(shard)], n_batches=3)) == 3
-    assert val_batches([str(shard)], n_batches=3, batch_size=1, crop=256, quantization="mu-law")
+    assert val_batches([str(shard)], n_batches=3, batch_size=1, examples=MU_LAW_256)
     with pytest.raises(SampleError):
         decode_sample({"__key__": "zzevil", "pickle": payload, "pyd": payload})
     assert not marker.exists()
@@ -450,7 +467,7 @@ def test_local_ray_cluster_dashboard_on_loopback(monkeypatch, capsys):
     assert seen["runtime_env"]["env_vars"]["SASHIMI_PROBE"] == "1" and seen["num_cpus"] == 2
     # the TensorBoard command the project prints binds to loopback too
     monkeypatch.setattr(launch, "run", lambda *a, **k: launch.RunInfo("/r/j", "/r/j/tensorboard", None, {}, 0, 0, 0))
-    driver.train_and_sample(None, "j.yaml", write_wav=False)
+    summary.train_and_sample(job_from_dict(tiny_job("/d", "/r", "j"), "j.yaml"), "j.yaml", write_wav=False)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "tensorboard --logdir" in ln]
     assert lines and all(ln.rstrip().endswith("--host 127.0.0.1") for ln in lines)
 
@@ -459,11 +476,10 @@ def test_init_from_is_checked_before_ray(tmp_path, shards, no_ray):
     path = write_job(tmp_path / "j.yaml", tiny_job(shards, tmp_path / "runs", "branch"))
     with pytest.raises(JobConfigError, match=r"checkpoint\.init_from:.*nope.*missing"):
         prepare(load_job(path, [f"checkpoint.init_from={tmp_path / 'nope'}"]), str(path))
-    src = tmp_path / "old" / ck.checkpoint_dir_name(4)
-    stored = load_job(path).to_dict()
-    ck.save_checkpoint_dir(src, _state(4, job={**stored, "model": {**stored["model"], "d_model": 32}}))
+    job = load_job(path)
+    src = _save(tmp_path / "old", 4, job=dataclasses.replace(job, model=dataclasses.replace(job.model, d_model=32)))
     with pytest.raises(JobConfigError, match=r"checkpoint\.init_from:.*model\.d_model: checkpoint 32, job 16"):
         prepare(load_job(path, [f"checkpoint.init_from={src}"]), str(path))
-    ck.save_checkpoint_dir(src, _state(4, job=stored))
-    cfg = prepare(load_job(path, [f"checkpoint.init_from={src}"]), str(path))
-    assert cfg["job"]["checkpoint"]["init_from"] == str(src)
+    src = _save(tmp_path / "old", 4, job=job)
+    config = prepare(load_job(path, [f"checkpoint.init_from={src}"]), str(path))
+    assert config.job.checkpoint.init_from == str(src)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data_prep.audio_io import BadAudio, fft_resample, load_mono, resample
+from data_prep.audio_io import BadAudio, fft_resample, load_mono, probe, resample, resampled_length
 from data_prep.clips import clip_spans, cut
 from data_prep_fixtures import sine, write_audio
 
@@ -21,6 +21,24 @@ def test_resample_keeps_sine_frequency(tmp_path, orig):
     assert abs(_peak_hz(y, 16000) - 1000.0) <= 1.0
     mid = y[1000:-1000]
     assert abs(np.abs(mid).max() - 0.5) < 0.01  # amplitude kept
+
+
+@pytest.mark.parametrize("orig", [16000, 44100, 22050, 48000, 11025, 7919, 44101])
+@pytest.mark.parametrize("frames", [1, 999, 16001, 123457])
+def test_resampled_length_is_what_resample_returns(orig, frames):
+    """The header probe judges a file's length after resampling without decoding it: its count must be the
+    resampler's own (sinc path, and the FFT path for awkward ratios such as 7919 and 44101 Hz)."""
+    y = resample(np.zeros(frames, np.float32), orig, 16000)
+    assert resampled_length(frames, orig, 16000) == len(y)
+
+
+def test_probe_reads_the_header_without_decoding(tmp_path, monkeypatch):
+    p = write_audio(tmp_path / "s.flac", sine(1.5, 22050, channels=2), 22050)
+    import soundfile as sf
+
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+    h = probe(str(p))
+    assert (h.sample_rate, h.channels, h.frames) == (22050, 2, 33075)
 
 
 def test_resample_removes_content_above_new_nyquist():

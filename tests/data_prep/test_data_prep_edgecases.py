@@ -19,7 +19,22 @@ def rejected_tsv(out) -> dict[str, str]:
 
 
 def quiet(**kw):
-    return dict(workers=1, progress=False, log=lambda msg: None, **kw)
+    return dict(workers=1, progress=False, **kw)
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """The relpaths decode_file was called on, in order (workers=1 decodes in this process)."""
+    from data_prep import worker
+
+    seen, real = [], worker._process
+
+    def counting(task):
+        seen.append(task.relpath)
+        return real(task)
+
+    monkeypatch.setattr(worker, "_process", counting)
+    return seen
 
 
 def test_declared_frames_reads_wav_and_aiff_headers(tmp_path):
@@ -102,22 +117,47 @@ def test_five_files_fill_every_split_and_the_summary_says_so(tmp_path, capsys, o
 
 
 @pytest.mark.parametrize("order", ["natural", "random"])
-def test_rejected_files_do_not_leave_a_split_empty(tmp_path, order):
-    # Splits are drawn before decoding: in name order take6/take7 (unusable) would be val and test.
+def test_rejected_files_do_not_leave_a_split_empty(tmp_path, order, decoded, capsys):
+    # In name order take6/take7 (unusable) would be val and test if splits were drawn over every file: the
+    # header probe rejects them first, so the splits are drawn over the five usable files and each of those
+    # is decoded exactly once (no rebuild); the rejected two are never decoded.
     src = tmp_path / "src"
     five_files(src)
     (src / "take6.wav").write_bytes(b"")
     write_truncated_wav(src / "take7.wav", 2.0, keep_seconds=0.7, sr=8000)
-    logs = []
     m = shard_folder(src, tmp_path / "out", "youtube-mix", sample_rate=8000, clip_seconds=0.5, split_order=order,
-                     workers=1, progress=False, log=logs.append)
+                     workers=1, progress=False)
     assert [m["splits"][s]["files"] for s in ("train", "val", "test")] == [3, 1, 1] and m["warnings"] == []
     assert sorted(r["path"] for r in m["rejected"]) == ["take6.wav", "take7.wav"]  # each reported once
-    assert sorted(set(rejected_tsv(tmp_path / "out"))) == ["take6.wav", "take7.wav"]
+    reasons = rejected_tsv(tmp_path / "out")
+    assert sorted(reasons) == ["take6.wav", "take7.wav"]
+    assert "not decodable" in reasons["take6.wav"] and "truncated" in reasons["take7.wav"]
+    assert sorted(decoded) == [f"take{i}.wav" for i in range(1, 6)]
     assert sum(m["splits"][s]["clips"] for s in m["splits"]) == 10 == sum(v["clips"] for v in m["sources"].values())
-    assert main(["verify", str(tmp_path / "out"), "--quiet"]) == 0  # the rebuilt shards match the manifest
-    if order == "natural":
-        assert any("splitting the 5 usable file(s) again" in line for line in logs)
+    assert main(["verify", str(tmp_path / "out"), "--quiet"]) == 0  # the shards match the manifest
+    err = capsys.readouterr().err
+    assert "again" not in err and err.count("[sashimi] rejected: ") == 2
+    if order == "natural":  # contiguous in name order, over the usable files
+        assert {k: v["split"] for k, v in m["sources"].items()} == {
+            "take1.wav": "train", "take2.wav": "train", "take3.wav": "train", "take4.wav": "val", "take5.wav": "test"}
+
+
+def test_files_only_decoding_rejects_are_split_again(tmp_path, decoded, capsys):
+    """A float WAV with a NaN passes the header probe and is rejected only when decoded; if that empties a
+    split, the usable files are split again and rebuilt (the one case a file is decoded twice)."""
+    src = tmp_path / "src"
+    five_files(src)
+    for i in (6, 7):  # in name order: val and test
+        nan = sine(1.0, 8000)
+        nan[10] = np.nan
+        write_audio(src / f"take{i}.wav", nan, 8000, subtype="FLOAT")
+    m = shard_folder(src, tmp_path / "out", "youtube-mix", sample_rate=8000, clip_seconds=0.5, **quiet())
+    assert [m["splits"][s]["files"] for s in ("train", "val", "test")] == [3, 1, 1] and m["warnings"] == []
+    assert sorted(r["path"] for r in m["rejected"]) == ["take6.wav", "take7.wav"]
+    assert all("NaN" in r["reason"] for r in m["rejected"])
+    assert sorted(decoded) == sorted([f"take{i}.wav" for i in range(1, 8)] + [f"take{i}.wav" for i in range(1, 6)])
+    assert "splitting the 5 usable file(s) again and rebuilding" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "out"), "--quiet"]) == 0
 
 
 def test_fewer_than_three_files_warn_naming_the_empty_split(tmp_path, capsys):

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from data_prep import storage
-from data_prep.local_s3 import free_port
+from s3_server import free_port
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from cluster import checkpoint as ck
-from cluster.faults import FAULTS_ENV
-from cluster.jobs import load_job
-from cluster.launch import run
+from cluster.checkpoint import format as fmt, store
+from cluster.train.faults import FAULTS_ENV
+from cluster.driver.jobs import load_job
+from cluster.driver.launch import run
 from cluster_helpers import assert_same_training_state, make_demo_shards, tiny_job, write_job
 
 pytestmark = pytest.mark.slow
@@ -42,11 +43,11 @@ def env(tmp_path_factory):
 def _run(env, name, overrides=(), **sections):
     path = write_job(env["root"] / f"{name}.yaml", tiny_job(env["shards"], env["root"] / "runs", name, **sections))
     job = load_job(path, list(overrides))
-    return run(job, str(path), log=lambda *a: None)
+    return run(job, str(path))
 
 
 def _params(checkpoint_dir):
-    return ck.load_state(checkpoint_dir)
+    return store.load_state(checkpoint_dir)
 
 
 TWO = {"scaling": {"num_workers": 2}, "training": {"max_steps": 4}}
@@ -56,14 +57,14 @@ def test_two_worker_ddp_run(env):
     info = _run(env, "two", **TWO)
     run_dir = Path(info.run_dir)
     assert info.metrics["step"] == 4 and info.metrics["resumed_from"] == -1
-    assert sorted(p.name for p in run_dir.glob("checkpoint_step*")) == [ck.checkpoint_dir_name(2),
-                                                                        ck.checkpoint_dir_name(4)]
+    assert sorted(p.name for p in run_dir.glob("checkpoint_step*")) == [store.checkpoint_dir_name(2),
+                                                                        store.checkpoint_dir_name(4)]
     state = _params(info.checkpoint_dir)
     assert state["step"] == 4 and state["data"]["world_size"] == 2
     assert len(state["rng"]["per_rank"]) == 2
     # ranks draw different data, so their RNG streams were seeded differently
     assert not torch.equal(state["rng"]["per_rank"][0]["torch"], state["rng"]["per_rank"][1]["torch"])
-    job = ck.job_of(state)
+    job = fmt.job_of(state)
     assert job["model"]["d_model"] == 16 and job["scaling"]["num_workers"] == 2
     assert 0 < info.metrics["val_nll_bits"] < 8.5
     # the model learned something in 4 steps from an 8-bit uniform start
@@ -105,7 +106,7 @@ def test_exact_resume_matches_uninterrupted(env):
 def test_fresh_starts_over(env):
     _run(env, "freshrun", ["training.max_steps=2"])
     path = write_job(env["root"] / "freshrun.yaml", tiny_job(env["shards"], env["root"] / "runs", "freshrun"))
-    info = run(load_job(path, ["training.max_steps=2"]), str(path), fresh=True, log=lambda *a: None)
+    info = run(load_job(path, ["training.max_steps=2"]), str(path), fresh=True)
     assert info.metrics["resumed_from"] == -1 and info.metrics["step"] == 2
 
 

@@ -12,9 +12,10 @@ import os
 import pytest
 
 from cluster import checkpoint as ck
-from cluster.faults import FAULTS_ENV
-from cluster.jobs import load_job
-from cluster.launch import run
+from cluster.checkpoint import format as fmt, store
+from cluster.train.faults import FAULTS_ENV
+from cluster.driver.jobs import load_job
+from cluster.driver.launch import run
 from cluster_helpers import assert_same_training_state, run_with_node_loss, tiny_job, write_job
 from data_prep import storage
 from data_prep.cli import main as prep_main
@@ -63,9 +64,9 @@ def test_node_loss_with_only_a_bucket_shared(tmp_path, s3_bucket):
         nodes = [_add_node(cluster, tmp_path, i) for i in range(2)]
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, runtime_env={"env_vars": {FAULTS_ENV: json.dumps(plan)}})
-        ref = run(load_job(ref_job), str(ref_job), log=lambda *a: None)
+        ref = run(load_job(ref_job), str(ref_job))
 
-        first = f"{runs}/lossy/{ck.checkpoint_dir_name(4)}/{ck.STATE_FILE}"
+        first = f"{runs}/lossy/{store.checkpoint_dir_name(4)}/{fmt.STATE_FILE}"
         info, events = run_with_node_loss(cluster, nodes[1], job, ready=lambda: storage.exists(first),
                                           add_node=lambda: _add_node(cluster, tmp_path, 2), outage_s=3)
     finally:
@@ -74,12 +75,12 @@ def test_node_loss_with_only_a_bucket_shared(tmp_path, s3_bucket):
     assert "removed" in events and "added" in events, events
     assert info.metrics["step"] == MAX_STEPS and ref.metrics["step"] == MAX_STEPS
     assert 4 <= info.metrics["resumed_from"] < MAX_STEPS, info.metrics  # restarted from a bucket checkpoint
-    assert info.checkpoint_dir == f"{runs}/lossy/{ck.checkpoint_dir_name(MAX_STEPS)}"
+    assert info.checkpoint_dir == f"{runs}/lossy/{store.checkpoint_dir_name(MAX_STEPS)}"
     a, b = ck.validate_checkpoint(info.checkpoint_dir), ck.validate_checkpoint(ref.checkpoint_dir)
     assert a["data"]["world_size"] == b["data"]["world_size"] == 2
     assert_same_training_state(a, b)  # the interrupted run ends exactly where the uninterrupted one does
     # checkpoint.keep (3) applied in the bucket; Ray also keeps the checkpoint the restarted attempt began from
-    kept = [ck.step_of_dir(d) for d in ck.list_checkpoints(f"{runs}/lossy")]
+    kept = [store.step_of_dir(d) for d in ck.list_checkpoints(f"{runs}/lossy")]
     assert kept[-3:] == [MAX_STEPS - 4, MAX_STEPS - 2, MAX_STEPS] and len(kept) <= 4, kept
     assert storage.listdir(f"{runs}/lossy/tensorboard")  # events in the bucket
     assert not (tmp_path / "runs").exists()  # nothing of the run on a local path

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cluster import checkpoint as ck
+from cluster.checkpoint import store
 from data_prep import storage
 from cluster_helpers import REPO, make_demo_shards, tiny_job, write_job
 
@@ -108,13 +109,13 @@ def test_ray_job_submit_runs_and_resubmit_resumes(head, tmp_path):
     assert out.returncode == 0, log[-4000:]
     assert "succeeded" in log.lower() and "step 2/2" in log
     run_dir = tmp_path / "runs" / "submitted"
-    assert ck.load_state(ck.latest_checkpoint(run_dir))["step"] == 2
+    assert store.load_state(ck.latest_checkpoint(run_dir))["step"] == 2
     # Ray does not retry jobs: re-submitting the same job name resumes from its checkpoint
     out = submit("training.max_steps=4")
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     assert "resumed from checkpoint at step 2" in log
-    assert ck.load_state(ck.latest_checkpoint(run_dir))["step"] == 4
+    assert store.load_state(ck.latest_checkpoint(run_dir))["step"] == 4
     print(f"two submissions took {time.time() - t0:.0f} s")
 
 
@@ -139,8 +140,8 @@ def test_shipped_job_submitted_with_uri_overrides(s3_bucket, tmp_path):
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     assert "succeeded" in log.lower() and "step 2/2" in log
-    assert ck.load_state(ck.latest_checkpoint(f"{s3_bucket}/runs/quickstart"))["step"] == 2
+    assert store.load_state(ck.latest_checkpoint(f"{s3_bucket}/runs/quickstart"))["step"] == 2
     run = f"{s3_bucket}/runs/quickstart"
-    assert f"latest checkpoint: {run}/{ck.checkpoint_dir_name(2)}" in log  # the URI whole, scheme included
+    assert f"latest checkpoint: {run}/{store.checkpoint_dir_name(2)}" in log  # the URI whole, scheme included
     assert storage.isfile(f"{run}/samples/step000000002.wav")  # the closing WAV, written to the bucket
     assert storage.listdir(f"{run}/tensorboard")

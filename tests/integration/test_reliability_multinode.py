@@ -9,7 +9,8 @@ import json
 import pytest
 
 from cluster import checkpoint as ck
-from cluster.faults import FAULTS_ENV as TEST_FAULTS_ENV
+from cluster.checkpoint import format as fmt, store
+from cluster.train.faults import FAULTS_ENV as TEST_FAULTS_ENV
 from cluster_helpers import make_demo_shards, run_with_node_loss, tiny_job, write_job
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,7 @@ def test_node_loss_and_return(tmp_path):
         run_dir = storage / "nodeloss"
 
         info, events = run_with_node_loss(
-            cluster, nodes[1], path, ready=lambda: (run_dir / ck.checkpoint_dir_name(2) / ck.STATE_FILE).is_file(),
+            cluster, nodes[1], path, ready=lambda: (run_dir / store.checkpoint_dir_name(2) / fmt.STATE_FILE).is_file(),
             add_node=lambda: cluster.add_node(**NODE), outage_s=5)
     finally:
         ray.shutdown()
@@ -51,7 +52,7 @@ def test_node_loss_and_return(tmp_path):
     assert 2 <= info.metrics["resumed_from"] < MAX_STEPS, info.metrics  # restarted from a checkpoint
     assert info.metrics["resumed_from"] % 2 == 0
     dirs = ck.list_checkpoints(run_dir)
-    assert dirs and ck.step_of_dir(dirs[-1]) == MAX_STEPS
+    assert dirs and store.step_of_dir(dirs[-1]) == MAX_STEPS
     for d in dirs:  # no corrupt checkpoint: every one loads with weights_only=True and is finite
         state = ck.validate_checkpoint(d)
-        assert state["step"] == ck.step_of_dir(d) and state["data"]["world_size"] == 2
+        assert state["step"] == store.step_of_dir(d) and state["data"]["world_size"] == 2

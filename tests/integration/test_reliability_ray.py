@@ -1,7 +1,7 @@
 """Faults under real Ray Train V2 runs on the CPU: SIGKILLed workers, a checkpoint torn by a crash while it
 was written, NaN losses, a truncated shard under 2-worker DDP, and a soak run with all of them. Every run
 is tiny (d_model 16, 1 layer, crop 256, checkpoint every 2 steps); faults come from the test-only
-SASHIMI_TEST_FAULTS plan (cluster/faults.py), each kill/tear firing once."""
+SASHIMI_TEST_FAULTS plan (cluster/train/faults.py), each kill/tear firing once."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from cluster import checkpoint as ck
-from cluster.jobs import load_job
-from cluster.connect import local_ray_init_kwargs
-from cluster.launch import run
-from cluster.faults import FAULTS_ENV as TEST_FAULTS_ENV
+from cluster.checkpoint import store
+from cluster.driver.jobs import load_job
+from cluster.driver.connect import local_ray_init_kwargs
+from cluster.driver.launch import run
+from cluster.train.faults import FAULTS_ENV as TEST_FAULTS_ENV
 from cluster_helpers import make_demo_shards, tiny_job, write_job
 
 pytestmark = pytest.mark.slow
@@ -69,12 +70,12 @@ def _run(env, name, overrides=(), shards=None, **sections):
         merged[k] = {**merged.get(k, {}), **v}
     path = write_job(env["root"] / f"{name}.yaml", tiny_job(shards or env["shards"], env["root"] / "runs", name,
                                                             **merged))
-    return run(load_job(path, list(overrides)), str(path), log=lambda *a: None)
+    return run(load_job(path, list(overrides)), str(path))
 
 
 def _assert_all_checkpoints_valid_or_known_torn(run_dir: Path, torn=()):
     for d in ck.list_checkpoints(run_dir):
-        if ck.name_of(d) in torn:  # list_checkpoints gives paths as str (URIs too)
+        if store.name_of(d) in torn:  # list_checkpoints gives paths as str (URIs too)
             with pytest.raises(ck.CheckpointError):
                 ck.validate_checkpoint(d)
         else:
@@ -82,7 +83,7 @@ def _assert_all_checkpoints_valid_or_known_torn(run_dir: Path, torn=()):
 
 
 def _same_params(a_dir, b_dir):
-    a, b = ck.load_state(a_dir), ck.load_state(b_dir)
+    a, b = store.load_state(a_dir), store.load_state(b_dir)
     assert a["step"] == b["step"]
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6, msg=k)
@@ -116,8 +117,8 @@ def test_torn_checkpoint_falls_back_to_previous_valid_one(env, clean):
     assert info.metrics["step"] == 8 and info.metrics["resumed_from"] == 2
     assert info.metrics["resume_skipped_invalid"] == 1
     run_dir = Path(info.run_dir)
-    torn = ck.checkpoint_dir_name(4)
-    names = [ck.name_of(d) for d in ck.list_checkpoints(run_dir)]
+    torn = store.checkpoint_dir_name(4)
+    names = [store.name_of(d) for d in ck.list_checkpoints(run_dir)]
     assert torn in names and any(n.startswith(torn + "-r") for n in names), names  # rewritten under a new name
     _assert_all_checkpoints_valid_or_known_torn(run_dir, torn=[torn])
     _same_params(clean.checkpoint_dir, info.checkpoint_dir)
@@ -127,7 +128,7 @@ def test_nan_steps_are_skipped_counted_and_never_checkpointed(env):
     info = _run(env, "nan", scaling={"num_workers": 1}, training={"max_steps": 4}, checkpoint={"every": 1})
     assert info.metrics["step"] == 4 and info.metrics["nonfinite_steps"] == 2
     run_dir = Path(info.run_dir)
-    s1, s3, s4 = (ck.validate_checkpoint(run_dir / ck.checkpoint_dir_name(s)) for s in (1, 3, 4))
+    s1, s3, s4 = (ck.validate_checkpoint(run_dir / store.checkpoint_dir_name(s)) for s in (1, 3, 4))
     for k in s1["model"]:  # steps 2 and 3 were skipped: no optimiser step, so weights and moments unchanged
         assert torch.equal(s1["model"][k], s3["model"][k]), k
     for pid, st in s1["optimizer"]["state"].items():
@@ -168,7 +169,7 @@ def test_two_workers_over_a_truncated_shard_complete(env):
 
 def test_branch_off_an_older_checkpoint_with_init_from(env, clean):
     """Picking an older checkpoint by hand: a new run name started from it continues exactly."""
-    older = Path(clean.run_dir) / ck.checkpoint_dir_name(4)
+    older = Path(clean.run_dir) / store.checkpoint_dir_name(4)
     info = _run(env, "branch", [f"checkpoint.init_from={older}"])
     assert info.metrics["resumed_from"] == 4 and info.metrics["step"] == 8
     _same_params(clean.checkpoint_dir, info.checkpoint_dir)
@@ -179,6 +180,6 @@ def test_soak_two_kills_and_a_torn_checkpoint_match_a_clean_run(env, clean):
     for m in ("kill-r1-s3", "tear-s6", "kill-r0-s7"):
         assert (env["marks"] / "soak" / m).exists(), f"fault {m} never fired"
     assert info.metrics["step"] == clean.metrics["step"] == 8
-    torn = ck.checkpoint_dir_name(6)
+    torn = store.checkpoint_dir_name(6)
     _assert_all_checkpoints_valid_or_known_torn(Path(info.run_dir), torn=[torn])
     _same_params(clean.checkpoint_dir, info.checkpoint_dir)

@@ -1,4 +1,4 @@
-"""`python -m cluster.quickstart [options]`: `sashimi-train jobs/quickstart.yaml` (demo corpus -> shards ->
+"""`python -m cluster.driver.quickstart [options]`: `sashimi-train jobs/quickstart.yaml` (demo corpus -> shards ->
 2 CPU workers -> a WAV)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .cli import main as cli_main
 
-QUICKSTART_JOB = Path(__file__).resolve().parent.parent / "jobs" / "quickstart.yaml"
+QUICKSTART_JOB = Path(__file__).resolve().parents[2] / "jobs" / "quickstart.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Loading job YAMLs and applying `key=value` overrides (values parsed as YAML). Runs on the driver
-before Ray is touched; the data the job points at is checked in cluster.prepare."""
+before Ray is touched; the data the job points at is checked in cluster/driver/prepare.py."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import JobConfig, JobConfigError, job_from_dict
+from ..config import JobConfig, JobConfigError, job_from_dict
 
 
 def parse_override(text: str, where: str) -> tuple[list[str], object]:

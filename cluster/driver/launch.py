@@ -1,9 +1,9 @@
-"""Driver side with Ray: prepare the run (cluster.prepare), connect to Ray (the cluster in RAY_ADDRESS,
-as under `ray job submit`, or a new loopback-only local one), and run Ray Train V2's TorchTrainer with
-the job's scaling, storage, checkpoint and failure settings; the workers run cluster.worker.train_fn."""
+"""Driver side with Ray: prepare the run (cluster/driver/prepare.py), connect to Ray (the cluster in
+RAY_ADDRESS, as under `ray job submit`, or a new loopback-only local one), and run Ray Train V2's
+TorchTrainer with the job's scaling, storage, checkpoint and failure settings; the workers run
+cluster.train.ray_worker.train_fn on the WorkerConfig, which becomes a dict only here."""
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 
@@ -13,13 +13,15 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from data_prep import storage
 
-from .checkpoint import name_of
-from .config import JobConfig
+from ..checkpoint.store import name_of
+from ..config import JobConfig
+from ..logs import log
+from ..rundir import RunDir
+from ..train.ray_worker import train_fn
+from ..train.stops import RunStoppedError
+from ..train.worker_config import WorkerConfig
 from .connect import connect_ray
 from .prepare import prepare
-from .rundir import RunDir
-from .stops import RunStoppedError
-from .worker import train_fn
 
 @dataclass
 class RunInfo:
@@ -32,13 +34,14 @@ class RunInfo:
     started_unix: float  # when run() was called
 
 
-def build_trainer(job: JobConfig, worker_cfg: dict) -> TorchTrainer:
+def build_trainer(config: WorkerConfig) -> TorchTrainer:
+    job = config.job
     resources = dict(job.scaling.resources_per_worker)
     if job.scaling.use_gpu:
         resources.setdefault("GPU", 1)
     return TorchTrainer(
         train_fn,
-        train_loop_config=worker_cfg,
+        train_loop_config=config.to_dict(),
         # NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): a fractional GPU share uses gloo
         torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu and resources["GPU"] >= 1 else "gloo"),
         scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
@@ -53,17 +56,17 @@ def build_trainer(job: JobConfig, worker_cfg: dict) -> TorchTrainer:
     )
 
 
-def run(job: JobConfig, where: str = "<job>", fresh: bool = False, num_cpus: int | None = None,
-        log=print) -> RunInfo:
+def run(job: JobConfig, where: str = "<job>", fresh: bool = False, num_cpus: int | None = None) -> RunInfo:
     """Train `job` to completion (resuming its run dir if one exists). Raises on failure."""
     t0 = time.time()
-    worker_cfg = prepare(job, where, fresh, log)
+    config = prepare(job, where, fresh)
+    job = config.job  # paths made absolute
     run_dir = RunDir.of(job.checkpoint.storage, job.name)
     started = connect_ray(num_cpus)
     try:
         submitted = time.time()
-        log(f"[sashimi] submitting {job.name}: {job.scaling.num_workers} worker(s), run dir {run_dir.root}")
-        result = build_trainer(job, worker_cfg).fit()
+        log.info(f"submitting {job.name}: {job.scaling.num_workers} worker(s), run dir {run_dir.root}")
+        result = build_trainer(config).fit()
     finally:
         if started:
             ray.shutdown()
@@ -74,6 +77,5 @@ def run(job: JobConfig, where: str = "<job>", fresh: bool = False, num_cpus: int
     info = RunInfo(run_dir=run_dir.root, tensorboard_dir=run_dir.tensorboard,
                    checkpoint_dir=ckpt, metrics=dict(result.metrics or {}), seconds=time.time() - t0,
                    submitted_unix=submitted, started_unix=t0)
-    log(f"[sashimi] done in {info.seconds:.0f} s; latest checkpoint: {ckpt}")
-    sys.stdout.flush()
+    log.info(f"done in {info.seconds:.0f} s; latest checkpoint: {ckpt}")
     return info

@@ -24,6 +24,8 @@ import torch
 
 from data_prep import storage
 
+from ..logs import log
+
 FAULTS_ENV = "SASHIMI_TEST_FAULTS"
 PLAN_KEYS = {"dir", "raise", "kill", "tear", "nan", "sleep"}
 
@@ -83,7 +85,7 @@ class FaultPlan(NoFaults):
         if self._planned("raise", rank, step) and self._fire_once(f"raise-r{rank}-s{step}"):
             raise RuntimeError(f"injected fault at step {step} on rank {rank} ({FAULTS_ENV})")
         if self._planned("kill", rank, step) and self._fire_once(f"kill-r{rank}-s{step}"):
-            _say(f"test fault: SIGKILL rank {rank} after step {step}")
+            log.info(f"test fault: SIGKILL rank {rank} after step {step}")
             self.die()
         if self.plan.get("sleep"):
             time.sleep(float(self.plan["sleep"]))
@@ -94,10 +96,5 @@ class FaultPlan(NoFaults):
             f = storage.join(persisted, "state.pt")  # a local path or an object in the bucket
             data = storage.read_bytes(f)
             storage.write_bytes(f, data[: len(data) // 2])
-            _say(f"test fault: truncated {f}; SIGKILL rank 0")
+            log.info(f"test fault: truncated {f}; SIGKILL rank 0")
             self.die()
-
-
-def _say(msg: str) -> None:
-    sys.stdout.write(f"[sashimi] {msg}\n")
-    sys.stdout.flush()

@@ -1,11 +1,12 @@
-"""`python -m cluster.bench_storage`: what object storage costs against local disk (docs/benchmarks.md).
+"""`python -m bench.storage`: what object storage costs against local disk (docs/benchmarks.md).
 
 Issue 12 asks for a measurement, not a claim: training throughput with the quickstart job's shards
 streamed from an S3 server vs the same bytes on local disk (interleaved, without Ray, checkpoints on
 local disk in both so only the data path differs), and the paper model's checkpoint (with AdamW
-moments) written to and read back from the bucket vs a local directory. By default the S3 server is
-moto's standalone server on 127.0.0.1 (started here, stopped at the end); `--bucket` uses a real store
-named by the standard AWS_* variables instead."""
+moments) written by the trainer's checkpoint manager to, and read back from, the bucket vs a local
+directory. By default the S3 server is moto's standalone server on 127.0.0.1 (the test-suite's,
+tests/s3_server.py; started here, stopped at the end: needs the `test` extra); `--bucket` uses a real
+store named by the standard AWS_* variables instead."""
 from __future__ import annotations
 
 import argparse
@@ -23,21 +24,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cluster.checkpoint import CheckpointManager, TrainState, validate_checkpoint
+from cluster.checkpoint.store import state_file
+from cluster.config import job_from_dict
+from cluster.driver.jobs import load_job
+from cluster.driver.local import run_local
+from cluster.driver.prepare import DEMO_SAMPLE_RATE
 from data_prep import storage
 from data_prep.demo import make_demo_corpus
-from data_prep.local_s3 import moto_server, new_bucket
 from data_prep.publish import publish
 from data_prep.shard import shard_folder
 from sashimi import SaShiMi, SaShiMiConfig
 from sashimi.optim import make_optimizer
 
-from .checkpoint import capture_rng, make_payload, save_checkpoint_dir, state_file, validate_checkpoint
-from .config import job_from_dict
-from .jobs import load_job
-from .local import run_local
-from .prepare import DEMO_SAMPLE_RATE
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the moto S3 server is test support, not part of the product
+from s3_server import moto_server, new_bucket  # noqa: E402
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "jobs" / "quickstart.yaml"
+QUICKSTART = ROOT / "jobs" / "quickstart.yaml"
 MOTO_NOTE = ("S3 server: moto, an in-memory Python server on 127.0.0.1 sharing this machine's cores with the "
              "trainer: the figures bound the overhead per byte of the S3 code path from above; they are not a "
              "cloud store's latency or bandwidth.")
@@ -60,7 +64,7 @@ def train_once(where: str, shards: str, runs: str, steps: int, tag: str) -> dict
     t0 = time.perf_counter()
     try:
         with contextlib.redirect_stdout(out):
-            m = run_local(job, str(QUICKSTART), fresh=True, log=print)[-1]
+            m = run_local(job, str(QUICKSTART), fresh=True)[-1]
     except BaseException:
         sys.stderr.write(out.getvalue())
         raise
@@ -70,27 +74,28 @@ def train_once(where: str, shards: str, runs: str, steps: int, tag: str) -> dict
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def paper_payload() -> dict:
-    """The paper's 8-layer model after one AdamW step (so the moments exist), as the trainer saves it."""
+def paper_checkpoint(base: str) -> CheckpointManager:
+    """The paper's 8-layer model after one AdamW step (so the moments exist), in the trainer's checkpoint
+    manager writing into `base`."""
     torch.manual_seed(0)
     net = SaShiMi(SaShiMiConfig())
     opt = make_optimizer(net)
     tokens = torch.randint(0, 256, (1, 1025))
     F.cross_entropy(net(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten()).backward()
     opt.step()
-    job = job_from_dict({"name": "bench-ckpt", "data": {"shards": "/nonexistent-shards"}}, "<bench>")
-    return make_payload(model_state=net.state_dict(), optimizer_state=opt.state_dict(), scheduler_state={}, step=1,
-                        data_seed=0, world_size=1, job=job.to_dict(), rng={"per_rank": [capture_rng()]},
-                        sample_rate=DEMO_SAMPLE_RATE)
+    job = job_from_dict({"name": "bench-ckpt", "data": {"shards": "/nonexistent-shards"},
+                         "checkpoint": {"keep": 1000}}, "<bench>")
+    return CheckpointManager(job, base, model=net, optimizer=opt, state=TrainState(), sample_rate=DEMO_SAMPLE_RATE)
 
 
-def checkpoint_rows(payload: dict, bases: dict, repeats: int) -> list[dict]:
+def checkpoint_rows(bases: dict, repeats: int) -> list[dict]:
+    managers = {where: paper_checkpoint(base) for where, base in bases.items()}
     rows = []
     for r in range(repeats):
-        for where, base in bases.items():
-            d = storage.join(base, f"checkpoint_step{r:09d}")
+        for where, manager in managers.items():
+            manager.state.step = r
             t0 = time.perf_counter()
-            save_checkpoint_dir(d, payload)
+            d = manager.save()
             t1 = time.perf_counter()
             validate_checkpoint(d)
             t2 = time.perf_counter()
@@ -129,7 +134,7 @@ def report(train: list[dict], ckpt: list[dict], upload: dict, moto: bool) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cluster.bench_storage", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.storage", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=30, help="optimiser steps per training run")
     p.add_argument("--repeats", type=int, default=2, help="training runs per storage, interleaved")
     p.add_argument("--ckpt-repeats", type=int, default=3, help="checkpoint saves/reads per storage, interleaved")
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             make_demo_corpus(Path(tmp) / "src", minutes=args.minutes)
             shards = Path(tmp) / "shards"
             shard_folder(Path(tmp) / "src", shards, "generic", sample_rate=DEMO_SAMPLE_RATE, clip_seconds=1.0,
-                         progress=False, log=lambda msg: None)
+                         progress=False)
             files = [f for f in shards.rglob("*") if f.is_file()]
             t0 = time.perf_counter()
             publish(shards, storage.join(prefix, "shards"), progress=False)
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             sources = {"local": str(shards), "s3": storage.join(prefix, "shards")}
             train = [train_once(where, src, str(Path(tmp) / "runs"), args.steps, f"{where}-{i}")
                      for i in range(args.repeats) for where, src in sources.items()]
-            ckpt = checkpoint_rows(paper_payload(), {"local": str(Path(tmp) / "ckpt"), "s3": storage.join(prefix, "ckpt")},
+            ckpt = checkpoint_rows({"local": str(Path(tmp) / "ckpt"), "s3": storage.join(prefix, "ckpt")},
                                    args.ckpt_repeats)
         finally:
             if args.bucket:

@@ -34,10 +34,9 @@ class Precision:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=kind == "fp16", **scaler_args)
 
     @classmethod
-    def for_device(cls, requested: str, device: torch.device, log) -> "Precision":
-        """`requested` where CUDA runs it, else fp32 (said once through `log`)."""
+    def for_device(cls, requested: str, device: torch.device) -> "Precision":
+        """`requested` where CUDA runs it, else fp32 (the trainer says so)."""
         if requested != "fp32" and torch.device(device).type != "cuda":
-            log(f"precision {requested} requested without a GPU: training in fp32")
             return cls("fp32", device)
         return cls(requested, device)
 

@@ -14,9 +14,10 @@ import json
 from data_prep import storage
 from data_prep.reader import BadDataError
 
-from .checkpoint import CheckpointMismatchError
-from .dist import broadcast_object
-from .rundir import RunDir
+from ..checkpoint.compat import CheckpointMismatchError
+from ..dist import broadcast_object
+from ..logs import log
+from ..rundir import RunDir
 
 
 class FatalTrainingError(RuntimeError):
@@ -49,11 +50,11 @@ def recorded(run_dir: RunDir, rank: int, world: int) -> str | None:
     return broadcast_object(reason, world)
 
 
-def clear(run_dir: RunDir, log=print) -> None:
+def clear(run_dir: RunDir) -> None:
     """Driver, before a new submission: forget an earlier attempt's stop (the user has fixed its cause)."""
     if storage.exists(run_dir.fatal):
         try:
-            log(f"[sashimi] the previous attempt stopped for good: {json.loads(storage.read_text(run_dir.fatal))['error']}")
+            log.info(f"the previous attempt stopped for good: {json.loads(storage.read_text(run_dir.fatal))['error']}")
         except (OSError, ValueError, KeyError):
             pass
         storage.remove(run_dir.fatal)

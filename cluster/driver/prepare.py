@@ -1,49 +1,51 @@
 """Everything the driver does before Ray is touched, so a bad job costs a second instead of a cluster
-allocation: absolute paths, the demo corpus if asked for, shard lists and sample rate from the
-manifest, --fresh, and the checks that the run's checkpoints (or checkpoint.init_from) fit the job."""
+allocation: absolute paths, the demo corpus if asked for, the dataset's manifest (read once: shard
+lists, sample rate, a test split), --fresh, and the checks that the run's checkpoints (or
+checkpoint.init_from) fit the job, from their job.json. The result is the typed WorkerConfig every
+rank trains from."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 from data_prep import storage
-from data_prep.storage import is_uri
 from data_prep.demo import make_demo_corpus
-from data_prep.manifest import ManifestError, load_manifest, manifest_path, shard_paths
+from data_prep.manifest import ManifestError, load_manifest, manifest_path, split_shards
 from data_prep.shard import shard_folder
+from data_prep.storage import is_uri
 
-from .checkpoint import CheckpointError, FormatVersionError, config_mismatch, job_of, list_checkpoints, name_of, \
-    validate_checkpoint
-from . import stops
-from .config import JobConfig, JobConfigError
-from .rundir import RunDir
+from ..checkpoint.compat import config_mismatch
+from ..checkpoint.format import CheckpointError, FormatVersionError
+from ..checkpoint.store import list_checkpoints, name_of, read_job
+from ..config import JobConfig, JobConfigError
+from ..logs import log
+from ..rundir import RunDir
+from ..tasks import task_of
+from ..train import stops
+from ..train.worker_config import TrainData, WorkerConfig
 
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a submitted job's entrypoint
 DEMO_SAMPLE_RATE = 16000  # the demo corpus is sharded at 16 kHz (SC09's rate)
+PATH_KEYS = ("data.shards", "checkpoint.storage", "checkpoint.init_from")
 
 
-def prepare(job: JobConfig, where: str, fresh: bool = False, log=print) -> dict:
-    """Returns the worker config: {"job", "shards", "sample_rate"[, "test_split"]} (cluster.trainer.TrainData)."""
-    resolve_paths(job, where)
+def prepare(job: JobConfig, where: str, fresh: bool = False) -> WorkerConfig:
+    """The worker config for `job` (its paths made absolute), after every check that can fail before Ray."""
+    job = resolve_paths(job, where)
     check_storage(job, where)
-    ensure_demo_data(job, log)
-    shards = shard_lists(job, where)
+    ensure_demo_data(job)
+    data = train_data(job, read_manifest(job, where), where)
     run_dir = RunDir.of(job.checkpoint.storage, job.name)
     if fresh and storage.exists(run_dir.root):
-        log(f"[sashimi] --fresh: deleting {run_dir.root}")
+        log.info(f"--fresh: deleting {run_dir.root}")
         storage.remove(run_dir.root, recursive=True)
-    stops.clear(run_dir, log)
-    check_resume_compatible(job, run_dir.root, where, log)
+    stops.clear(run_dir)
+    check_resume_compatible(job, run_dir.root, where)
     if job.checkpoint.init_from:
         check_init_from(job, where)
-    cfg = {"job": job.to_dict(), "shards": shards, "sample_rate": load_manifest(job.data.shards).get("sample_rate")}
-    if job.task == "classify":
-        cfg["test_split"], shards["test"] = test_split_of(job, shards, where)
-    return cfg
-
-
-PATH_KEYS = ("data.shards", "checkpoint.storage", "checkpoint.init_from")
+    return WorkerConfig(job, data)
 
 
 def _get(job: JobConfig, key: str):
@@ -51,9 +53,9 @@ def _get(job: JobConfig, key: str):
     return getattr(getattr(job, section), name)
 
 
-def _set(job: JobConfig, key: str, value) -> None:
+def _with(job: JobConfig, key: str, value) -> JobConfig:
     section, name = key.split(".")
-    setattr(getattr(job, section), name, value)
+    return dataclasses.replace(job, **{section: dataclasses.replace(getattr(job, section), **{name: value})})
 
 
 def submitted_working_dir() -> str | None:
@@ -68,10 +70,10 @@ def submitted_working_dir() -> str | None:
 
 
 def resolve_paths(job: JobConfig, where: str = "<job>") -> JobConfig:
-    """Make local paths absolute so Ray workers (other cwd) and storage find the same places. Under
-    `ray job submit --working-dir`, the driver runs in a copy of that directory unpacked on the head
-    node: a relative checkpoint.storage would write into that copy (gone with the job, unseen by other
-    nodes), and a relative data path only works if the data was uploaded with it. Say so, by key."""
+    """The job with its local paths made absolute, so Ray workers (other cwd) and storage find the same
+    places. Under `ray job submit --working-dir`, the driver runs in a copy of that directory unpacked on
+    the head node: a relative checkpoint.storage would write into that copy (gone with the job, unseen by
+    other nodes), and a relative data path only works if the data was uploaded with it. Say so, by key."""
     submitted = submitted_working_dir()
     for key in PATH_KEYS:
         value = _get(job, key)
@@ -85,7 +87,7 @@ def resolve_paths(job: JobConfig, where: str = "<job>") -> JobConfig:
                 f"{where}: {key}: {value!r} is a relative path, but this job was submitted with --working-dir "
                 f"{submitted}: it runs in a copy of that folder on the cluster, where {value!r} {why}. Give {key} "
                 f"as a URI or an absolute path every node mounts, e.g. {key}=s3://bucket/{value}")
-        _set(job, key, str(path.resolve()))
+        job = _with(job, key, str(path.resolve()))
     return job
 
 
@@ -100,30 +102,48 @@ def check_storage(job: JobConfig, where: str) -> None:
                 raise JobConfigError(f"{where}: {e}") from None
 
 
-def ensure_demo_data(job: JobConfig, log=print) -> None:
+def ensure_demo_data(job: JobConfig) -> None:
     """If data.demo_minutes is set and the shard dir has no manifest, synthesise and shard the demo corpus."""
     if job.data.demo_minutes is None or is_uri(job.data.shards) or Path(manifest_path(job.data.shards)).is_file():
         return
     shards = Path(job.data.shards)
     src = shards.parent / (shards.name + "-src")
-    log(f"[sashimi] building the demo corpus ({job.data.demo_minutes} min) in {src}")
+    log.info(f"building the demo corpus ({job.data.demo_minutes} min) in {src}")
     make_demo_corpus(src, minutes=job.data.demo_minutes, seed=job.seed)
     clip = max(1.0, (job.data.crop or DEMO_SAMPLE_RATE) / DEMO_SAMPLE_RATE)
-    log(f"[sashimi] sharding it into {shards}")
+    log.info(f"sharding it into {shards}")
     shard_folder(src, shards, "generic", sample_rate=DEMO_SAMPLE_RATE, clip_seconds=clip, seed=job.seed,
                  progress=False)
 
 
-def shard_lists(job: JobConfig, where: str = "<job>") -> dict[str, list[str]]:
-    """{"train": [...], "val": [...]} from the dataset's manifest; raises JobConfigError naming data.shards."""
+def read_manifest(job: JobConfig, where: str = "<job>") -> dict:
+    """The dataset's manifest (the one read of it on the driver); JobConfigError naming data.shards."""
     root = job.data.shards
     if not is_uri(root) and not Path(root).is_dir():
         raise JobConfigError(f"{where}: data.shards: directory {root} does not exist "
                              f"(build it with `sashimi-prep`, or set data.demo_minutes for the demo corpus)")
+    try:
+        return load_manifest(root)
+    except (ManifestError, storage.StorageError) as e:
+        raise JobConfigError(f"{where}: data.shards: {e}") from None
+
+
+def train_data(job: JobConfig, manifest: dict, where: str = "<job>") -> TrainData:
+    """Shard lists (each shard checked to exist), the sample rate and, for a task that scores one at the
+    end, the test split, from the manifest; JobConfigError naming the key."""
+    lists = shard_lists(job, manifest, where)
+    test_split, test = (test_split_of(job, manifest, lists["val"], where) if task_of(job).needs_test_split
+                        else (None, []))
+    return TrainData(tuple(lists["train"]), tuple(lists["val"]), manifest.get("sample_rate"), tuple(test), test_split)
+
+
+def shard_lists(job: JobConfig, manifest: dict, where: str = "<job>") -> dict[str, list[str]]:
+    """{"train": [...], "val": [...]} from the manifest; raises JobConfigError naming data.shards."""
+    root = job.data.shards
     out = {}
     for key, split in (("train", job.data.train_split), ("val", job.data.val_split)):
         try:
-            out[key] = shard_paths(root, split)
+            out[key] = split_shards(manifest, root, split)
             missing = [p for p in out[key] if not storage.isfile(p)]
         except (ManifestError, storage.StorageError) as e:
             raise JobConfigError(f"{where}: data.shards: {e}") from None
@@ -137,30 +157,30 @@ def shard_lists(job: JobConfig, where: str = "<job>") -> dict[str, list[str]]:
     return out
 
 
-def test_split_of(job: JobConfig, shards: dict, where: str) -> tuple[str, list[str]]:
-    """(split, shard paths) a classify run is scored on at the end: the manifest's "test" split, or the
-    val split when the dataset has no (or an empty) test split."""
-    if "test" in load_manifest(job.data.shards).get("splits", {}):
-        test = shard_paths(job.data.shards, "test")
+def test_split_of(job: JobConfig, manifest: dict, val: list[str], where: str) -> tuple[str, list[str]]:
+    """(split, shard paths) a run is scored on at the end: the manifest's "test" split, or the val split
+    when the dataset has no (or an empty) test split."""
+    if "test" in manifest.get("splits", {}):
+        test = split_shards(manifest, job.data.shards, "test")
         if test:
             return "test", test
-    if not shards["val"]:
-        raise JobConfigError(f"{where}: task classify: {job.data.shards} has neither a test split nor a "
+    if not val:
+        raise JobConfigError(f"{where}: task {job.task}: {job.data.shards} has neither a test split nor a "
                              f"{job.data.val_split!r} split to report accuracy on")
-    return job.data.val_split, shards["val"]
+    return job.data.val_split, val
 
 
-def check_resume_compatible(job: JobConfig, run_dir: str, where: str, log=print) -> None:
-    """If the run dir holds checkpoints, the newest valid one must have been written with the same model
-    config (and quantisation) as the job now has, in this format version; else JobConfigError naming the
-    differing keys or the version. (The worker checks again against the checkpoint it resumes from.)"""
+def check_resume_compatible(job: JobConfig, run_dir: str, where: str) -> None:
+    """If the run dir holds checkpoints, the newest usable one must have been written with the same
+    weight-shaping model config (and quantisation, task) as the job now has, in this format version;
+    else JobConfigError naming the differing keys or the version. Reads its job.json, not its weights."""
     for d in reversed(list_checkpoints(run_dir)):
         try:
-            stored = job_of(validate_checkpoint(d))
+            stored = read_job(d)
         except FormatVersionError as e:
             raise JobConfigError(f"{where}: run {run_dir}: {e}; or pass --fresh to delete this run") from None
         except CheckpointError as e:
-            log(f"[sashimi] note: {e}")
+            log.info(f"note: {e}")
             continue
         diff = config_mismatch(stored, job.to_dict())
         if diff:
@@ -171,10 +191,10 @@ def check_resume_compatible(job: JobConfig, run_dir: str, where: str, log=print)
 
 
 def check_init_from(job: JobConfig, where: str) -> None:
-    """checkpoint.init_from must be a valid checkpoint written with the job's model config."""
+    """checkpoint.init_from must be a checkpoint written with the job's weight-shaping model config."""
     src = job.checkpoint.init_from
     try:
-        stored = job_of(validate_checkpoint(src))
+        stored = read_job(src)
     except CheckpointError as e:
         raise JobConfigError(f"{where}: checkpoint.init_from: {e}") from None
     diff = config_mismatch(stored, job.to_dict())

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -24,10 +23,10 @@ from tqdm import tqdm
 from data_prep import storage
 from data_prep.audio_io import BadAudio, load_mono
 from sashimi.generate import conv_log_probs, generate, should_compile
-from sashimi.quantize import minmax_scale, quantize
+from sashimi.quantize import dequantize, minmax_scale, quantize
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .tboard import decode_tokens, spectrogram_image
+from ..audio import spectrogram_image, write_wav
+from ..checkpoint import CheckpointError, load_checkpoint
 
 SCORE_BATCH = 4  # sequences per conv-mode scoring pass (~1.7x faster per sample than one at a time on CPU)
 
@@ -38,7 +37,7 @@ class GenerateError(ValueError):
 
 def prime_tokens(path: str, sample_rate: int, seconds: float, quantization: str) -> torch.Tensor:
     """The first ``seconds`` of an audio file as tokens (P,): downmix, resample, min-max scale and
-    quantise exactly as training does (cluster.data.tokens_from_sample)."""
+    quantise exactly as training does (cluster.tasks.examples.tokens_from_sample)."""
     try:
         audio, _ = load_mono(path, sample_rate)
     except BadAudio as e:
@@ -101,7 +100,7 @@ def load_inputs(a) -> tuple:
     model, job, quant, rate, step = load_checkpoint(a.checkpoint)
     if quant == "none":
         raise GenerateError(f"{a.checkpoint}: a pixel model (quantization none); use "
-                            "`python -m cluster.mnist_demo complete` for digits")
+                            "`python -m cluster.tools.mnist_demo complete` for digits")
     rate, rate_from = (a.sample_rate, "--sample-rate") if a.sample_rate else (rate, "checkpoint")
     if int(round(a.seconds * rate)) < 1:
         raise GenerateError(f"--seconds {a.seconds} is less than one sample at {rate} Hz")
@@ -141,9 +140,9 @@ def write_samples(model, full: torch.Tensor, logp: torch.Tensor, n_prime: int, q
         scores += score(model, full[i:i + SCORE_BATCH], n_prime)
     samples = []
     for i, (bits, mean) in enumerate(scores):
-        wave = decode_tokens(full[i].cpu(), quant)
+        wave = dequantize(full[i].cpu(), quant)
         stem = out / f"sample_{i:03d}"
-        sf.write(f"{stem}.wav", wave.numpy(), rate, subtype="PCM_16")
+        write_wav(f"{stem}.wav", wave, rate)
         np.save(f"{stem}.tokens.npy", full[i].cpu().numpy().astype(np.int16), allow_pickle=False)
         write_png(spectrogram_image(wave), Path(f"{stem}.png"))
         samples.append({"wav": f"{stem.name}.wav", "spectrogram": f"{stem.name}.png",

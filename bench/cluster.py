@@ -1,4 +1,4 @@
-"""`python -m cluster.bench`: the numbers in docs/benchmarks.md ("Cluster training").
+"""`python -m bench.cluster`: the numbers in docs/benchmarks.md ("Cluster training").
 
 Runs the same small compute-bound job (quickstart model) with 1 and then 2 Ray workers on this machine
 and reports: seconds from `run()` / from `TorchTrainer.fit()` to the first finished optimiser step,
@@ -13,9 +13,9 @@ from pathlib import Path
 from data_prep.demo import make_demo_corpus
 from data_prep.shard import shard_folder
 
-from .jobs import load_job
-from .launch import run
-from .prepare import DEMO_SAMPLE_RATE
+from cluster.driver.jobs import load_job
+from cluster.driver.launch import run
+from cluster.driver.prepare import DEMO_SAMPLE_RATE
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "jobs" / "quickstart.yaml"
 
@@ -44,7 +44,7 @@ def bench_one(job_path: str, workers: int, steps: int, shards: str, storage: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cluster.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.splitlines()[0])
     p.add_argument("--job", default=str(QUICKSTART))
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])

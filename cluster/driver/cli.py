@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import JobConfigError
-from .stops import RunStoppedError
-from .driver import train_and_sample
+from ..config import JobConfigError
+from ..train.stops import RunStoppedError
 from .jobs import load_job
+from .summary import train_and_sample
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,9 +25,9 @@ from data_prep.reader import BadDataError, BadSamplePolicy, samples
 from sashimi.metrics import nll_bits_sum, shift_inputs
 from sashimi.quantize import zero_class
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .data import tokens_from_sample
-from .connect import local_ray_init_kwargs
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..driver.connect import local_ray_init_kwargs
+from ..tasks.examples import tokens_from_sample
 
 
 def _empty() -> dict:

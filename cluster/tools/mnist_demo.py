@@ -1,4 +1,4 @@
-"""The seed's two MNIST demos on ``sashimi-prep mnist`` shards (784 8-bit pixels per digit).
+"""``python -m cluster.tools.mnist_demo``: the seed's two MNIST demos on ``sashimi-prep mnist`` shards (784 8-bit pixels per digit).
 
 ``complete``: an ``mnist`` SaShiMi checkpoint finishes test digits from their top rows; the grid
 shows each original (grey) beside its completion (prime in blue, generated pixels in orange).
@@ -28,9 +28,9 @@ from data_prep.manifest import ManifestError, shard_paths
 from data_prep.reader import BadDataError, BadSamplePolicy, samples
 from sashimi.generate import generate
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .data import split_batches
-from .tasks import N_LABELS, ClassifyTask
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..tasks import task_of
+from ..train.data import split_batches
 
 SIDE = 28
 PRIME_RGB = (0.35, 0.65, 1.0)  # blue: pixels given to the model
@@ -101,10 +101,10 @@ def cmd_classify_eval(a) -> int:
     urls = shard_paths(a.data, a.split)
     if not urls:
         raise ValueError(f"{a.data}: split {a.split!r} has no shards")
-    batches = split_batches(urls, batch_size=a.batch, crop=job.data.crop, quantization=job.data.quantization,
-                            on_bad_sample="stop", n_labels=N_LABELS)
+    task = task_of(job)
+    batches = split_batches(urls, examples=task.examples(), batch_size=a.batch, on_bad_sample="stop")
     batches = tqdm(batches, desc="eval", unit="batch", file=sys.stderr, disable=a.quiet)
-    r = ClassifyTask().evaluate(model, batches, torch.device("cpu"), contextlib.nullcontext)
+    r = task.evaluate(model, batches, torch.device("cpu"), contextlib.nullcontext)
     if not r["examples"]:
         raise ValueError(f"{a.data}: split {a.split!r} holds no digits")
     result = {"checkpoint": storage.absolute(a.checkpoint), "split": a.split, "examples": r["examples"],
@@ -116,7 +116,7 @@ def cmd_classify_eval(a) -> int:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m cluster.mnist_demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cluster.tools.mnist_demo", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("complete", help="complete test digits from their top rows (PNG grid)")
     c.add_argument("checkpoint")
