@@ -7,10 +7,11 @@ its seed (exact resume), and the whole batch is transformed at once.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
+
+from .dataconf import strict_from_dict
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,7 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AugmentConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"augment: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "augment")
 
 
 def time_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

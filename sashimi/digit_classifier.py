@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import DownPool, make_blocks
+from .dataconf import strict_from_dict
 
 ARCHS = ("conv", "s4_mel", "s4_wave")
 
@@ -79,11 +80,7 @@ class DigitClassifierConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DigitClassifierConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"model: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "model")
 
 
 class LogMel(nn.Module):

@@ -195,3 +195,5 @@ def test_all_metrics_of_a_set_against_itself():
     assert set(m) == {"fid", "is", "is_s4", "mis", "am", "ndb"}
     assert abs(m["fid"]) < 1e-6 and m["ndb"] == 0.0
     assert m["am"] == pytest.approx(-(p[0] * np.log(p[0])).sum(), rel=1e-12)
+    seconds = {}
+    assert sm.all_metrics(x, p, x, p, seconds=seconds) == m and set(seconds) == set(m)
