@@ -5,9 +5,10 @@ and print test accuracy, training time and parameter count side by side (same ru
     sashimi-prep shard /tmp/digits /tmp/digits-shards --preset sc09
     python bench/sc09_classifier_candidates.py /tmp/digits-shards --save-dir /tmp/digit-classifiers
 
-Candidates (sashimi.digit_classifier): ``conv`` (conv net on the 32 x 32 log-mel image), ``s4_mel``
-(S4 over the 32 log-mel frames) and ``s4_wave`` (S4 on the 16 000-sample waveform, pooled 8 x 8; its
-epochs are ~20x dearer on the CPU, so it gets fewer, and ``--budget-s`` can stop any candidate early).
+Candidates (sashimi.digit_classifier, ``CANDIDATES`` below): ``conv`` (conv net on the 32 x 32 log-mel
+image), ``s4_mel`` (S4 over the 32 log-mel frames), ``s4_wave`` (S4 on the waveform, 16 samples a step)
+and, on request, ``s4_wave_full`` (S4 at every sample: ~20x dearer per epoch on the CPU, so 4 epochs).
+``--budget-s`` stops any candidate after the epoch that passes it.
 Each trains with AdamW (SSM parameters at their own rate, no decay: sashimi.optim), a cosine schedule,
 waveform augmentation (sashimi.augment) and keeps the weights of its best validation epoch; test accuracy
 is measured once, with those weights, on the clean test clips and on copies buried in white noise at 10 and
@@ -34,11 +35,16 @@ from sashimi.augment import AugmentConfig, augment  # noqa: E402
 from sashimi.digit_classifier import DigitClassifier, DigitClassifierConfig  # noqa: E402
 from sashimi.optim import make_optimizer  # noqa: E402
 
-CANDIDATES = {  # name -> (config, epochs)
-    "conv": (DigitClassifierConfig(arch="conv"), 20),
-    "s4_mel": (DigitClassifierConfig(arch="s4_mel"), 20),
-    "s4_wave": (DigitClassifierConfig(arch="s4_wave", d_model=16, n_layers=1, pool=(8, 8)), 4),
+CANDIDATES = {  # name -> (config, epochs, lr, SSM lr)
+    "conv": (DigitClassifierConfig(arch="conv"), 20, 3e-3, 1e-3),
+    "s4_mel": (DigitClassifierConfig(arch="s4_mel"), 20, 3e-3, 1e-3),
+    # 16 samples per step (1 ms), S4 at 1 kHz then 125 Hz. At 3e-3 it sat at chance for many epochs
+    # (a plateau before it learns); at 1e-2 it overfit 64 clips within 150 steps.
+    "s4_wave": (DigitClassifierConfig(arch="s4_wave", d_model=32, n_layers=2, stem=16, pool=(8,)), 20, 1e-2, 1e-2),
+    # every sample a step (S4 at 16 kHz, then 2 kHz and 250 Hz): ~20x dearer per epoch; not in the default list
+    "s4_wave_full": (DigitClassifierConfig(arch="s4_wave", d_model=16, n_layers=1, stem=1, pool=(8, 8)), 4, 3e-3, 1e-3),
 }
+DEFAULT = ("conv", "s4_mel", "s4_wave")
 
 
 @torch.no_grad()
@@ -69,11 +75,11 @@ def load_saved(name, args, data) -> dict:
             **held_out_figures(model, *data[2]), "config": ckpt["config"]}
 
 
-def train(name, cfg, epochs, data, args) -> dict:
+def train(name, cfg, epochs, lr, ssm_lr, data, args) -> dict:
     torch.manual_seed(args.seed)
     model = DigitClassifier(cfg)
     params = sum(p.numel() for p in model.parameters())
-    opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, ssm_lr=min(args.lr, 1e-3))
+    opt = make_optimizer(model, lr=lr, weight_decay=args.weight_decay, ssm_lr=ssm_lr)
     (xtr, ytr), (xva, yva), (xte, yte) = data
     steps_per_epoch = math.ceil(len(xtr) / args.batch)
     total = epochs * steps_per_epoch
@@ -120,11 +126,10 @@ def train(name, cfg, epochs, data, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shards", help="a dataset made with `sashimi-prep shard ... --preset sc09`")
-    ap.add_argument("--candidates", default=",".join(CANDIDATES))
+    ap.add_argument("--candidates", default=",".join(DEFAULT), help=f"comma-separated, of {', '.join(CANDIDATES)}")
     ap.add_argument("--epochs", type=int, default=None, help="override every candidate's epoch count")
     ap.add_argument("--budget-s", type=float, default=None, help="stop a candidate after the epoch that passes this")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--no-augment", dest="augment", action="store_false")
     ap.add_argument("--threads", type=int, default=2)
@@ -141,12 +146,12 @@ def main() -> None:
         if args.eval_saved:
             rows.append(load_saved(name, args, data))
             continue
-        cfg, epochs = CANDIDATES[name]
-        rows.append(train(name, cfg, args.epochs or epochs, data, args))
-    print(f"\n{'candidate':10s} {'params':>9s} {'epochs':>6s} {'train s':>8s} {'s/epoch':>8s} {'val acc':>8s} "
+        cfg, epochs, lr, ssm_lr = CANDIDATES[name]
+        rows.append(train(name, cfg, args.epochs or epochs, lr, ssm_lr, data, args))
+    print(f"\n{'candidate':12s} {'params':>9s} {'epochs':>6s} {'train s':>8s} {'s/epoch':>8s} {'val acc':>8s} "
           f"{'test acc':>8s} {'@10 dB':>7s} {'@0 dB':>7s}")
     for r in rows:
-        print(f"{r['name']:10s} {r['params']:9,d} {r['epochs']:6d} {r['train_s']:8.0f} {r['train_s'] / r['epochs']:8.1f} "
+        print(f"{r['name']:12s} {r['params']:9,d} {r['epochs']:6d} {r['train_s']:8.0f} {r['train_s'] / r['epochs']:8.1f} "
               f"{r['val_accuracy']:8.4f} {r['test_accuracy']:8.4f} {r['test_accuracy_10db']:7.4f} "
               f"{r['test_accuracy_0db']:7.4f}")
 

@@ -6,7 +6,8 @@ Three architectures, picked by ``arch`` (bench/sc09_classifier_candidates.py mea
 * ``conv``: a small VGG-style conv net on the log-mel image (the paper's classifier is a ResNeXt on the
   same 32 x 32 input);
 * ``s4_mel``: S4 blocks over the log-mel frames;
-* ``s4_wave``: S4 blocks on the waveform itself, pooled down in stages (SaShiMi's down path).
+* ``s4_wave``: S4 blocks on the waveform itself (``stem`` samples folded into each step by a linear
+  layer), pooled down in stages (SaShiMi's down path).
 
 The log-mel front end is inside the model, so a checkpoint scores raw audio and nothing can disagree
 about features: the paper classifier's input (32 Slaney mels, n_fft 2048, hop 512, power in dB relative
@@ -47,7 +48,8 @@ class DigitClassifierConfig:
     n_layers: int = 4  # (s4) S4 blocks (each followed by a feed-forward block) per stage
     d_state: int = 64  # (s4)
     kernel: str = "s4d"  # (s4) "dplr" or "s4d"
-    pool: tuple[int, ...] = (4, 4, 4)  # (wave) pooling stages; each multiplies the width by 2
+    stem: int = 16  # (wave) samples folded into one step before the first S4 layer (1: every sample a step)
+    pool: tuple[int, ...] = (8,)  # (wave) pooling stages after the stem; each multiplies the width by 2
     dropout: float = 0.1
 
     def __post_init__(self):
@@ -55,7 +57,7 @@ class DigitClassifierConfig:
             raise ValueError(f"model.arch: {self.arch!r} is not one of {ARCHS}")
         if self.kernel not in ("dplr", "s4d"):
             raise ValueError(f"model.kernel: {self.kernel!r} is not one of ('dplr', 's4d')")
-        for name in ("n_labels", "sample_rate", "n_mels", "n_fft", "hop", "d_model", "n_layers", "d_state"):
+        for name in ("n_labels", "sample_rate", "n_mels", "n_fft", "hop", "d_model", "n_layers", "d_state", "stem"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.n_labels < 2:
@@ -145,15 +147,16 @@ class S4MelTrunk(nn.Module):
 
 
 class S4WaveTrunk(nn.Module):
-    """The waveform (scaled to peak 1) as a sequence: Linear(1, d_model), then per pooling stage S4 +
-    feed-forward blocks and a DownPool (p steps folded into channels, width x2); final blocks, LayerNorm,
-    mean over time. Inputs are zero-padded to a multiple of the total pooling."""
+    """The waveform (scaled to peak 1) as a sequence: ``stem`` samples per step through Linear(stem, d_model),
+    then per pooling stage S4 + feed-forward blocks and a DownPool (p steps folded into channels, width x2);
+    final blocks, LayerNorm, mean over time. Inputs are zero-padded to a multiple of stem x the pooling."""
 
     def __init__(self, cfg: DigitClassifierConfig):
         super().__init__()
-        self.total_pool = math.prod(cfg.pool)
-        self.proj = nn.Linear(1, cfg.d_model)
-        H, L = cfg.d_model, cfg.sample_rate
+        self.stem = cfg.stem
+        self.total_pool = cfg.stem * math.prod(cfg.pool)
+        self.proj = nn.Linear(cfg.stem, cfg.d_model)
+        H, L = cfg.d_model, -(-cfg.sample_rate // cfg.stem)
         self.stages, self.pools = nn.ModuleList(), nn.ModuleList()
         for p in cfg.pool:
             self.stages.append(make_blocks(H, cfg.n_layers, 2, cfg.dropout, l_max=L, **_s4_kwargs(cfg)))
@@ -166,7 +169,8 @@ class S4WaveTrunk(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         wave = wave / wave.abs().amax(-1, keepdim=True).clamp_min(1e-8)
         pad = -wave.shape[-1] % self.total_pool
-        x = self.proj(F.pad(wave, (0, pad))[..., None])
+        wave = F.pad(wave, (0, pad))
+        x = self.proj(wave.reshape(wave.shape[0], -1, self.stem))
         for blocks, pool in zip(self.stages, self.pools):
             for blk in blocks:
                 x = blk(x)

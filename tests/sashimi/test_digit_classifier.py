@@ -14,7 +14,7 @@ from sashimi.digit_classifier import DigitClassifier, DigitClassifierConfig, Log
 SMALL = {  # fast variants of each architecture for the unit tests
     "conv": dict(arch="conv", channels=[8, 16, 32]),
     "s4_mel": dict(arch="s4_mel", d_model=16, n_layers=1, d_state=8),
-    "s4_wave": dict(arch="s4_wave", d_model=8, n_layers=1, d_state=8, pool=[8, 8], sample_rate=4000),
+    "s4_wave": dict(arch="s4_wave", d_model=8, n_layers=1, d_state=8, stem=4, pool=[4, 4], sample_rate=4000),
 }
 
 
