@@ -1,4 +1,4 @@
-"""``sashimi-prep`` / ``python -m data_prep``: shard, mnist, inspect, verify, demo.
+"""``sashimi-prep`` / ``python -m data_prep``: shard, mnist, inspect, verify, demo, digits.
 
 Exit codes: 0 ok; 1 data problem (rejections under --strict, verify mismatches);
 2 usage or run-level error (missing folder, nothing usable, bad manifest).
@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from .demo import make_demo_corpus
+from .digits import ENGINES, make_digit_corpus
 from .manifest import ManifestError
 from .mnist import shard_mnist
 from .presets import PRESETS, SPLIT_ORDERS
@@ -73,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("out_dir")
     d.add_argument("--minutes", type=float, default=3.0)
     d.add_argument("--seed", type=int, default=0)
+
+    g = sub.add_parser("digits", help="synthesise a spoken-digit corpus in the SC09 layout (espeak-ng, or tones)")
+    g.add_argument("out_dir", help="a new (or empty) folder")
+    g.add_argument("--per-digit", type=int, default=300, help="clips per digit (default 300)")
+    g.add_argument("--engine", choices=ENGINES, default="espeak",
+                   help="espeak: spoken words (needs espeak-ng); tones: per-digit chirps, nothing to install")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=None, help="parallel synthesis threads (default: CPUs, max 8)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
 
@@ -130,6 +140,16 @@ def _run(args) -> int:
     if args.cmd == "demo":
         paths = make_demo_corpus(args.out_dir, minutes=args.minutes, seed=args.seed)
         print(f"wrote {len(paths)} demo audio files ({args.minutes:g} min) under {args.out_dir}")
+        return 0
+    if args.cmd == "digits":
+        if is_uri(args.out_dir):
+            raise PrepError(f"{args.out_dir}: the digit corpus is written to a local folder; shard it to a URI")
+        r = make_digit_corpus(args.out_dir, per_digit=args.per_digit, engine=args.engine, seed=args.seed,
+                              workers=args.workers, progress=not args.quiet)
+        sc, sp = r["split_clips"], r["speakers"]
+        print(f"wrote {r['clips']} clips ({args.per_digit} per digit, {args.engine}) under {args.out_dir}; "
+              + ", ".join(f"{s}: {sc[s]} clips / {sp[s]} speakers" for s in sc))
+        print(f"next: sashimi-prep shard {args.out_dir} OUT --preset sc09")
         return 0
     raise AssertionError(args.cmd)
 
