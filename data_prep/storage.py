@@ -163,6 +163,15 @@ def read_bytes(path) -> bytes:
         return f.read()
 
 
+def read_range(path, start: int, end: int) -> bytes:
+    """Bytes [start, end) of ``path``: one seek and read locally, one ranged GET on an object store."""
+    if not is_uri(path):
+        with open(local_path(path), "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    return _remote("ranged read", path, lambda fs, p: fs.cat_file(p, start=start, end=end))
+
+
 def read_text(path) -> str:
     return read_bytes(path).decode("utf-8")
 
