@@ -36,12 +36,37 @@ def make_demo_shards(root: Path, minutes: float = 0.3) -> Path:
     return out
 
 
+def take_batches(urls, *, examples, steps: int = 5, global_batch: int = 2, counts=None, seed: int = 0,
+                 start_step: int = 0, rank: int = 0, world: int = 1, micro: int | None = None,
+                 on_bad_sample: str = "skip", threads: int = 0) -> list[tuple]:
+    """Each step's share of the global order (cluster.train.data.GlobalBatches) over `urls`, its
+    micro-batches joined: [(tokens, mask[, labels]) per step; () for a step that only had a zero-weight
+    stand-in]. `counts`: samples per shard, as a manifest
+    says (default: what a scan of each shard finds)."""
+    from cluster.train.data import GlobalBatches
+    from cluster.train.order import ClipLocator, GlobalOrder
+    from data_prep.index import scan_shard
+
+    counts = counts or [len(scan_shard(u)) for u in urls]
+    loader = GlobalBatches(ClipLocator(tuple(urls), tuple(counts)), GlobalOrder(sum(counts), global_batch, seed),
+                           examples=examples, rank=rank, world=world, micro=micro or global_batch,
+                           on_bad_sample=on_bad_sample, threads=threads)
+    try:
+        out = []
+        for step in range(start_step, start_step + steps):
+            mbs = loader.batches(step)
+            out.append(tuple(torch.cat(cols) for cols in zip(*(mb.tensors for mb in mbs if mb.weight))))
+        return out
+    finally:
+        loader.close()
+
+
 def tiny_job(shards: Path, storage: Path, name: str = "t", **sections) -> dict:
     """A job dict small enough for a few-second Ray run on 2 CPUs."""
     job = {
         "name": name,
         "seed": 0,
-        "data": {"shards": str(shards), "crop": 256, "shuffle_buffer": 4, "loader_workers": 0},
+        "data": {"shards": str(shards), "crop": 256, "loader_workers": 0},
         "model": {"d_model": 16, "n_layers": 1, "pool": [4, 4], "expand": 2, "ff": 2, "d_state": 8,
                   "kernel": "s4d"},
         "optim": {"lr": 4e-3, "weight_decay": 0.0, "ssm_lr": 1e-3},
