@@ -102,7 +102,25 @@ def scan_shard(shard: str) -> ShardIndex:
                 builder.add(m.name[: len(m.name) - len(base)] + stem, ext, m.offset_data, m.size)
     except (tarfile.TarError, EOFError, ValueError) as e:  # TarMemberError is a ValueError
         return builder.build(f"{type(e).__name__}: {e}")
-    return builder.build()
+    return _cut_at(builder.build(), storage.size(shard))
+
+
+def _cut_at(index: ShardIndex, size: int) -> ShardIndex:
+    """A seekable tar read stops quietly at a truncated shard's end: keep the samples whose members all
+    lie inside the file, and say where it was cut."""
+    n = len(index.keys)
+    for i in range(n):
+        if any(pos[i] is not None and pos[i][0] + pos[i][1] > size for pos in index.fields.values()):
+            return ShardIndex(index.keys[:i], {e: p[:i] for e, p in index.fields.items()},
+                              f"truncated: sample {i} ({index.keys[i]!r}) runs past the end of the file ({size} bytes)")
+    ends = [o + s for pos in index.fields.values() for o, s in (p for p in pos if p is not None)]
+    last = max(ends, default=0)
+    if n and size < -(-last // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE:
+        # no end-of-archive blocks after the last member: cut between members, so the last sample may
+        # lack some of its members
+        return ShardIndex(index.keys[:-1], {e: p[:-1] for e, p in index.fields.items()},
+                          f"truncated: no end-of-archive marker after sample {n - 1} ({index.keys[-1]!r})")
+    return index
 
 
 def load_index(shard: str) -> ShardIndex:
