@@ -10,8 +10,8 @@ from data_prep import storage
 from ..rundir import RunDir
 
 
-def write(run_dir: RunDir, step: int) -> None:
-    storage.write_text(run_dir.progress, json.dumps({"step": int(step)}))
+def write(run_dir: RunDir, step: int, world_size: int) -> None:
+    storage.write_text(run_dir.progress, json.dumps({"step": int(step), "world_size": int(world_size)}))
 
 
 def read(run_dir: RunDir) -> int:

@@ -290,7 +290,7 @@ class Trainer:
             scalars["train/loss_scale"] = self.amp.scaler.get_scale()
         self.board.scalars(scalars, self.step)
         self.board.flush()  # on object storage: uploads the events (cluster/train/board.py)
-        progress.write(self.run_dir, self.step)  # how far this attempt got: a restart counts what it redoes
+        progress.write(self.run_dir, self.step, self.world)  # how far this attempt got: a restart counts what it redoes
         log.info(f"step {self.step}/{self.job.training.max_steps} loss {w['loss']:.4f} {self.task.loss_unit} "
                  f"lr {lr:.2e} gnorm {w['grad_norm']:.3f} {w['audio_samples_per_s']:.0f} audio samples/s "
                  f"({w['clips_per_s']:.2f} clips/s) data wait {1000 * w['data_wait_s']:.1f} ms/step")

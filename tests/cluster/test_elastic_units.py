@@ -19,17 +19,8 @@ from cluster.driver.prepare import prepare
 from cluster.train.order import ClipLocator, GlobalOrder, rank_slice
 from cluster.train.runtime import Runtime
 from cluster.train.trainer import train_rank
-from cluster_helpers import make_demo_shards, spawn_ranks, tiny_job, write_job
+from cluster_helpers import assert_same_weights, flat_weights, make_demo_shards, spawn_ranks, tiny_job, write_job
 
-# How close "the same weights" are. Splitting a global batch over W ranks only reorders float32 sums: the
-# gradients agree to ~2e-6 relative. AdamW's first steps divide each gradient by its own magnitude, so an
-# element whose gradient nearly cancels (|g| ~ eps = 1e-8) turns that noise into a visible weight change:
-# measured, world 3 vs 1 moved 0.03 % of the elements by more than 1e-5 (at most 4e-4), and the whole
-# difference was 4e-4 of the distance the weights travelled; world 2 and 4 stayed below 1e-5. A wrong
-# clip, crop or batch size moves 99 % of them and differs by more than the distance travelled (measured:
-# another seed 94x, another global batch 1.3x).
-REL_NORM_TOL = 1e-3  # |w_W - w_1| / |w_1 - w_start|
-FRAC_TOL = 1e-3  # share of elements differing by more than 1e-5
 STEPS = {"training": {"max_steps": 4, "global_batch": 4, "batch_per_worker": 1},
          "checkpoint": {"every": 2, "keep": 10},
          "eval": {"every": 2, "val_batches": 1, "val_batch_size": 2, "generate_samples": 0}}
@@ -72,18 +63,6 @@ def _final(tmp_path, name):
     return ck.validate_checkpoint(ck.latest_checkpoint(tmp_path / "runs" / name))
 
 
-def _flat(state):
-    return torch.cat([v.flatten().double() for _, v in sorted(state["model"].items())])
-
-
-def assert_same_weights(a, b, start):
-    """a and b hold the same weights up to reordered float sums (see REL_NORM_TOL)."""
-    wa, wb, w0 = _flat(a), _flat(b), _flat(start)
-    rel = ((wa - wb).norm() / (wa - w0).norm()).item()
-    frac = ((wa - wb).abs() > 1e-5).double().mean().item()
-    assert rel < REL_NORM_TOL and frac < FRAC_TOL, (rel, frac)
-
-
 # ---------------------------------------------------------------- the order itself
 
 def test_rank_slices_partition_every_global_batch_whatever_the_world_size():
@@ -123,7 +102,7 @@ def test_world_sizes_1_2_3_4_train_the_same_weights(tmp_path, shards):
         _train(tmp_path, shards, f"w{world}", world)
     one = _final(tmp_path, "w1")
     start = ck.validate_checkpoint(tmp_path / "runs" / "w1" / store.checkpoint_dir_name(2))
-    assert (_flat(one) - _flat(start)).abs().max() > 1e-3  # steps 3 and 4 moved the weights
+    assert (flat_weights(one) - flat_weights(start)).abs().max() > 1e-3  # steps 3 and 4 moved the weights
     for world in (2, 3, 4):
         other = _final(tmp_path, f"w{world}")
         assert other["data"]["world_size"] == world and other["step"] == 4
