@@ -140,6 +140,7 @@ class Trainer:
         self.board: Board | None = None  # rank 0
         self.val: list | None = None  # this rank's share of the fixed validation batches, read once
         self.noticed: set[str] = set()  # nodes whose reclaim notice this attempt has acted on
+        self.check_s, self.checks = 0.0, 0  # time spent in reclaim-notice checks (a barrier), and how many
 
     @property
     def step(self) -> int:
@@ -301,7 +302,8 @@ class Trainer:
         return {"step": self.step, "resumed_from": self.ckpt.resumed_from,
                 "nonfinite_steps": st.nonfinite_steps, "resume_skipped_invalid": self.ckpt.skipped_invalid,
                 "world_size": self.world, "resizes": st.resizes, "reclaims": st.reclaims,
-                "steps_redone": st.steps_redone, **self.meter.attempt_metrics()}
+                "steps_redone": st.steps_redone, "preemption_check_ms": 1e3 * self.check_s / max(self.checks, 1),
+                **self.meter.attempt_metrics()}
 
     def evaluate(self) -> dict:
         """The val metrics: every rank scores its share of the val batches (read once, the same at every
@@ -359,7 +361,9 @@ class Trainer:
         every = self.job.scaling.preemption_check_every
         if not every or self.step % every or self.rt.preemption_info is None:
             return
+        t0 = time.perf_counter()
         info = self.rt.preemption_info()
+        self.check_s, self.checks = self.check_s + time.perf_counter() - t0, self.checks + 1
         if info is None or not set(info.preempted_node_ids) - self.noticed:
             return
         self.noticed |= set(info.preempted_node_ids)
