@@ -12,6 +12,8 @@ from typing import Any, Literal, Optional
 
 from sashimi.config import SaShiMiConfig
 
+from .logs import log
+
 
 class JobConfigError(ValueError):
     """A job spec is invalid; the message names the file and the dotted key."""
@@ -24,8 +26,9 @@ class DataConfig:
     val_split: str = "val"
     quantization: Literal["mu-law", "linear", "none"] = "mu-law"  # "none": tokens are the values (pixels)
     crop: Optional[int] = 16000  # samples per training example; null = whole (equal-length) examples
-    loader_workers: int = 0  # DataLoader processes per Ray worker (0 = in the training process)
-    shuffle_buffer: int = 64  # samples buffered for shuffling within a rank's stream
+    # threads per worker reading the clips of the next steps ahead (0 = read in the training thread); the
+    # order of the clips is global, a function of (seed, step): cluster/train/order.py
+    loader_workers: int = 2
     demo_minutes: Optional[float] = None  # if set and the shards are missing, build the demo corpus there
     on_bad_sample: Literal["skip", "stop"] = "skip"  # truncated shard / undecodable sample: log + skip, or fail
 
@@ -50,8 +53,12 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     max_steps: int = 1000  # optimiser steps
-    batch_per_worker: int = 1
-    grad_accum: int = 1  # micro-batches per optimiser step
+    # Clips per optimiser step over all workers. Set, it fixes what a step trains on whatever the number of
+    # workers (each takes its share, in micro-batches of at most batch_per_worker: the rest is gradient
+    # accumulation), as elastic jobs need. Unset: batch_per_worker x grad_accum x workers.
+    global_batch: Optional[int] = None
+    batch_per_worker: int = 1  # with global_batch: the most clips one worker holds at once
+    grad_accum: int = 1  # micro-batches per optimiser step (without global_batch)
     clip_norm: Optional[float] = 1.0  # null = no clipping
     # bf16: autocast; fp16: autocast + GradScaler (cluster/train/precision.py). Both only on GPU (fp32 on a CPU).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -62,11 +69,27 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class ScalingConfig:
-    num_workers: int = 1
+    # N, or [min, max]: an elastic run (Ray's ScalingConfig takes the same pair) starts once `min` workers
+    # fit, asks for `max`, and restarts at the available size from the latest checkpoint when it changes
+    num_workers: object = 1
+    resize_check_s: float = 60.0  # how often Ray checks whether an elastic run could change its size
+    preemption_check_every: int = 1  # steps between reclaim-notice checks (a barrier of every worker); 0 = off
     use_gpu: bool = False
     resources_per_worker: dict = field(default_factory=lambda: {"CPU": 1})
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     torch_threads: Optional[int] = None  # null = the CPUs reserved per worker
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[1]
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers < self.max_workers
 
 
 @dataclass(frozen=True)
@@ -82,6 +105,7 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class FailureConfig:
     max_failures: int = 3  # worker-group restarts from the last checkpoint; -1 = forever
+    max_preemptions: int = -1  # restarts after a node reclaim (spot/preemptible), counted apart; -1 = forever
 
 
 @dataclass(frozen=True)
@@ -119,6 +143,11 @@ class JobConfig:
     # sashimi-train; what differs is a plug-in in cluster/tasks/ (registered there by this name).
     task: Literal["generate", "classify"] = "generate"
 
+    def global_batch(self, world: int) -> int:
+        """Clips per optimiser step at world size `world`."""
+        t = self.training
+        return t.global_batch or t.batch_per_worker * t.grad_accum * world
+
     def due(self, step: int, every: int) -> bool:
         """Whether something done every `every` steps (logging, evaluation, a checkpoint) happens after
         optimiser step `step`: at its multiples, and at the last step."""
@@ -128,6 +157,8 @@ class JobConfig:
         """Plain data (what checkpoints store as JSON and Ray hands to the workers)."""
         out = dataclasses.asdict(self)
         out["model"] = self.model.to_dict()
+        nw = self.scaling.num_workers
+        out["scaling"]["num_workers"] = nw if isinstance(nw, int) else list(nw)
         return out
 
 
@@ -145,7 +176,6 @@ _CHECKS = {
     "training.max_nonfinite_steps": (lambda v: v >= 1, ">= 1"),
     "data.crop": (lambda v: v is None or v >= 2, ">= 2 or null"),
     "data.loader_workers": (lambda v: v >= 0, ">= 0"),
-    "data.shuffle_buffer": (lambda v: v >= 1, ">= 1"),
     "data.demo_minutes": (lambda v: v is None or v > 0, "> 0 or null"),
     "optim.lr": (lambda v: v > 0, "> 0"),
     "optim.ssm_lr": (lambda v: v > 0, "> 0"),
@@ -154,7 +184,10 @@ _CHECKS = {
     "schedule.factor": (lambda v: 0 < v < 1, "in (0, 1)"),
     "schedule.patience": (lambda v: v >= 0, ">= 0"),
     "schedule.min_lr_scale": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "scaling.num_workers": (lambda v: v >= 1, ">= 1"),
+    "training.global_batch": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "scaling.resize_check_s": (lambda v: v > 0, "> 0"),
+    "scaling.preemption_check_every": (lambda v: v >= 0, ">= 0"),
+    "failure.max_preemptions": (lambda v: v >= -1, ">= -1"),
     "scaling.torch_threads": (lambda v: v is None or v >= 1, ">= 1 or null"),
     "checkpoint.every": (lambda v: v >= 1, ">= 1"),
     "checkpoint.keep": (lambda v: v >= 1, ">= 1"),
@@ -204,6 +237,8 @@ def _coerce(value: Any, tp, key: str, where: str):
         ok = isinstance(value, str)
     elif tp is dict:
         ok = isinstance(value, dict)
+    elif tp is object:  # checked by job_from_dict (scaling.num_workers: N or [min, max])
+        ok = True
     else:  # pragma: no cover - schema uses only the types above
         raise TypeError(f"unsupported annotation {tp}")
     if not ok:
@@ -237,14 +272,61 @@ def job_from_dict(raw: Any, where: str = "<job>") -> JobConfig:
     """Validate a parsed YAML mapping into a JobConfig; `where` (the file) is named in every error."""
     if not isinstance(raw, dict):
         raise JobConfigError(f"{where}: top level: expected a mapping, got {type(raw).__name__}")
+    raw = _without_retired_keys(raw, where)
     job = _build(JobConfig, {k: v for k, v in raw.items() if k != "model"}, "", where)
-    job = dataclasses.replace(job, model=_model_config(raw.get("model", {}), job.data.crop, where))
+    job = dataclasses.replace(job, model=_model_config(raw.get("model", {}), job.data.crop, where),
+                              scaling=dataclasses.replace(job.scaling, num_workers=_num_workers(job, where)))
+    _check_global_batch(job, where)
     if job.scaling.use_gpu is False and job.scaling.resources_per_worker.get("GPU"):
         raise JobConfigError(f"{where}: scaling.resources_per_worker: asks for GPU but scaling.use_gpu is false")
     for k, v in job.scaling.resources_per_worker.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
             raise JobConfigError(f"{where}: scaling.resources_per_worker.{k}: expected a number >= 0, got {v!r}")
     return job
+
+
+# Keys older jobs (and the jobs stored in older checkpoints) may hold that no longer mean anything: dropped
+# with one warning instead of refusing the job.
+RETIRED_KEYS = {("data", "shuffle_buffer"): "the sample order is global now (cluster/train/order.py)"}
+
+
+def _without_retired_keys(raw: dict, where: str) -> dict:
+    out = dict(raw)
+    for (section, key), why in RETIRED_KEYS.items():
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+            log.warning(f"{where}: {section}.{key} is ignored: {why}")
+    return out
+
+
+def _num_workers(job: JobConfig, where: str) -> int | tuple[int, int]:
+    """scaling.num_workers: N >= 1, or [min, max] with 1 <= min <= max ([n, n] is N)."""
+    v = job.scaling.num_workers
+    if isinstance(v, int) and not isinstance(v, bool):
+        if v < 1:
+            raise JobConfigError(f"{where}: scaling.num_workers: must be >= 1, got {v}")
+        return v
+    if (isinstance(v, (list, tuple)) and len(v) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in v)):
+        lo, hi = v
+        if not 1 <= lo <= hi:
+            raise JobConfigError(f"{where}: scaling.num_workers: [min, max] needs 1 <= min <= max, got [{lo}, {hi}]")
+        return lo if lo == hi else (lo, hi)
+    raise JobConfigError(f"{where}: scaling.num_workers: expected a number of workers or [min, max], got {v!r}")
+
+
+def _check_global_batch(job: JobConfig, where: str) -> None:
+    """An elastic job must fix its global batch (else a step's clips would depend on the world size), and
+    the global batch must give every worker at least one clip at the largest size."""
+    s, g = job.scaling, job.training.global_batch
+    if s.elastic and g is None:
+        raise JobConfigError(f"{where}: scaling.num_workers [{s.min_workers}, {s.max_workers}] lets the number of "
+                             f"workers change: set training.global_batch (clips per step over all workers) so "
+                             f"that a step trains on the same clips at any size")
+    if g is not None and g < s.max_workers:
+        raise JobConfigError(f"{where}: training.global_batch {g} cannot be split over scaling.num_workers "
+                             f"{s.num_workers if isinstance(s.num_workers, int) else list(s.num_workers)}: "
+                             f"at {s.max_workers} workers some would get no clip")
 
 
 def _model_config(raw: Any, crop: int | None, where: str) -> SaShiMiConfig:

@@ -7,6 +7,7 @@
         samples/step<9 digits>.wav                   the WAV sashimi-train writes at the end
         test_result.json                             a classify run's final test accuracy
         FATAL.json                                   why the run stopped for good (cluster/train/stops.py)
+        progress.json                                the last step logged (cluster/train/progress.py)
 
 `checkpoint.storage` may be a URI (s3://..., any fsspec filesystem): Ray persists checkpoints there, and
 everything this project writes itself (TensorBoard events, the WAV, the test result) goes there through
@@ -22,6 +23,7 @@ TENSORBOARD = "tensorboard"
 SAMPLES = "samples"
 TEST_RESULT_FILE = "test_result.json"
 FATAL_FILE = "FATAL.json"
+PROGRESS_FILE = "progress.json"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class RunDir:
     @property
     def fatal(self) -> str:
         return join(self.root, FATAL_FILE)
+
+    @property
+    def progress(self) -> str:
+        return join(self.root, PROGRESS_FILE)
 
     @property
     def test_result(self) -> str:

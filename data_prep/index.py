@@ -30,17 +30,21 @@ def index_path(shard: str) -> str:
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """keys[i] is sample i's key; fields[ext][i] = (offset, size) of the data of member ``KEY.ext``."""
+    """keys[i] is sample i's key; fields[ext][i] = (offset, size) of the data of member ``KEY.ext``, or
+    None when sample i has no such member. `error`: why a scan stopped early (a truncated or damaged
+    shard: the samples before the break are indexed, the rest are missing)."""
 
     keys: tuple[str, ...]
-    fields: dict[str, tuple[tuple[int, int], ...]]
+    fields: dict[str, tuple[tuple[int, int] | None, ...]]
+    error: str | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def to_json(self) -> str:
         return json.dumps({"version": INDEX_VERSION, "keys": list(self.keys),
-                           "fields": {ext: [list(p) for p in pos] for ext, pos in self.fields.items()}},
+                           "fields": {ext: [None if p is None else list(p) for p in pos]
+                                      for ext, pos in self.fields.items()}},
                           separators=(",", ":"))
 
     @classmethod
@@ -48,7 +52,8 @@ class ShardIndex:
         try:
             raw = json.loads(text)
             keys = tuple(str(k) for k in raw["keys"])
-            fields = {str(ext): tuple((int(o), int(s)) for o, s in pos) for ext, pos in raw["fields"].items()}
+            fields = {str(ext): tuple(None if p is None else (int(p[0]), int(p[1])) for p in pos)
+                      for ext, pos in raw["fields"].items()}
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{where}: not a shard index ({type(e).__name__}: {e})") from None
         if raw.get("version") != INDEX_VERSION or any(len(p) != len(keys) for p in fields.values()):
@@ -65,33 +70,57 @@ class IndexBuilder:
         self.fields: dict[str, list[tuple[int, int]]] = {}
 
     def add(self, key: str, ext: str, offset: int, size: int) -> None:
+        """A member; members of one sample are adjacent (webdataset's grouping), any may be missing."""
         if not self.keys or self.keys[-1] != key:
             self.keys.append(key)
         pos = self.fields.setdefault(ext, [])
-        if len(pos) != len(self.keys) - 1:
-            raise ValueError(f"sample {key!r}: member .{ext} out of order or missing in an earlier sample")
+        pos.extend([None] * (len(self.keys) - 1 - len(pos)))
+        if len(pos) == len(self.keys):
+            raise ValueError(f"sample {key!r}: member .{ext} appears twice")
         pos.append((offset, size))
 
-    def build(self) -> ShardIndex:
-        return ShardIndex(tuple(self.keys), {e: tuple(p) for e, p in self.fields.items()})
+    def build(self, error: str | None = None) -> ShardIndex:
+        n = len(self.keys)
+        return ShardIndex(tuple(self.keys), {e: tuple(p) + (None,) * (n - len(p)) for e, p in self.fields.items()},
+                          error)
 
 
 def scan_shard(shard: str) -> ShardIndex:
     """The index of a shard without one, from its tar headers (members grouped by key as webdataset
     does: the key is the name up to the first dot of its last path component)."""
     builder = IndexBuilder()
-    with storage.open_read(shard) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            check_member_name(shard, m.name)
-            base = m.name.rsplit("/", 1)[-1]
-            if "." not in base:
-                raise TarMemberError(f"{shard}: member {m.name!r} has no extension")
-            stem, ext = base.split(".", 1)
-            key = m.name[: len(m.name) - len(base)] + stem
-            builder.add(key, ext, m.offset_data, m.size)
-    return builder.build()
+    try:
+        with storage.open_read(shard) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                check_member_name(shard, m.name)
+                base = m.name.rsplit("/", 1)[-1]
+                if "." not in base:
+                    raise TarMemberError(f"{shard}: member {m.name!r} has no extension")
+                stem, ext = base.split(".", 1)
+                builder.add(m.name[: len(m.name) - len(base)] + stem, ext, m.offset_data, m.size)
+    except (tarfile.TarError, EOFError, ValueError) as e:  # TarMemberError is a ValueError
+        return builder.build(f"{type(e).__name__}: {e}")
+    return _cut_at(builder.build(), storage.size(shard))
+
+
+def _cut_at(index: ShardIndex, size: int) -> ShardIndex:
+    """A seekable tar read stops quietly at a truncated shard's end: keep the samples whose members all
+    lie inside the file, and say where it was cut."""
+    n = len(index.keys)
+    for i in range(n):
+        if any(pos[i] is not None and pos[i][0] + pos[i][1] > size for pos in index.fields.values()):
+            return ShardIndex(index.keys[:i], {e: p[:i] for e, p in index.fields.items()},
+                              f"truncated: sample {i} ({index.keys[i]!r}) runs past the end of the file ({size} bytes)")
+    ends = [o + s for pos in index.fields.values() for o, s in (p for p in pos if p is not None)]
+    last = max(ends, default=0)
+    if n and size < -(-last // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE:
+        # no end-of-archive blocks after the last member: cut between members, so the last sample may
+        # lack some of its members
+        return ShardIndex(index.keys[:-1], {e: p[:-1] for e, p in index.fields.items()},
+                          f"truncated: no end-of-archive marker after sample {n - 1} ({index.keys[-1]!r})")
+    return index
 
 
 def load_index(shard: str) -> ShardIndex:
@@ -104,8 +133,12 @@ def load_index(shard: str) -> ShardIndex:
 
 def read_sample(shard: str, index: ShardIndex, i: int) -> dict:
     """Sample i of ``shard`` as the streaming reader yields it: {"__key__", "__url__", ext: bytes, ...},
-    fetched with one ranged read over its adjacent members."""
-    spans = {ext: pos[i] for ext, pos in index.fields.items()}
+    fetched with one ranged read over its adjacent members. A sample past the end of a damaged shard's
+    index raises TarMemberError naming the shard."""
+    if i >= len(index.keys):
+        raise TarMemberError(f"{shard}: sample {i} is not in the shard ({len(index.keys)} readable"
+                             + (f"; {index.error}" if index.error else "") + ")")
+    spans = {ext: pos[i] for ext, pos in index.fields.items() if pos[i] is not None}
     start = min(o for o, _ in spans.values())
     end = max(o + s for o, s in spans.values())
     blob = storage.read_range(shard, start, end)

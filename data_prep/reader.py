@@ -48,8 +48,10 @@ class BadSamplePolicy:
         self.mode = mode
         self.max_in_a_row = MAX_BAD_IN_A_ROW if max_in_a_row is None else max_in_a_row
         self.skipped, self.in_a_row, self.seen = 0, 0, set()
+        self.last: str | None = None  # the latest problem skipped
 
     def _skip(self, what: str) -> None:
+        self.last = what
         self.skipped += 1
         self.in_a_row += 1
         if what not in self.seen and len(self.seen) < 1000:
@@ -65,6 +67,15 @@ class BadSamplePolicy:
             raise BadDataError(f"shard {url}: unreadable tar ({type(exn).__name__}: {msg[:300]}); "
                                f"data.on_bad_sample=stop") from exn
         self._skip(f"rest of shard {url}: unreadable tar ({type(exn).__name__}: {msg[:200]})")
+
+    def read_error(self, url: str, exn: BaseException) -> None:
+        """One sample of shard `url` could not be read (a ranged read past a truncated shard's end, an
+        I/O error): the other samples of the shard stay usable."""
+        msg = str(exn.args[0]) if getattr(exn, "args", None) else str(exn)
+        if self.mode == "stop":
+            raise BadDataError(f"shard {url}: unreadable sample ({type(exn).__name__}: {msg[:300]}); "
+                               f"data.on_bad_sample=stop") from exn
+        self._skip(f"unreadable sample in shard {url} ({type(exn).__name__}: {msg[:200]})")
 
     def sample_error(self, raw: dict, exn: SampleError) -> None:
         shard = raw.get("__url__", "<unknown shard>")

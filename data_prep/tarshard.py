@@ -70,12 +70,23 @@ class AtomicShardWriter:
         self._path = self.dir / SHARD_PATTERN.format(len(self.shards))
         self._file = _HashingFile(self._path.with_name(self._path.name + TMP_SUFFIX))
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        from .index import IndexBuilder  # noqa: PLC0415  (data_prep.index imports this module)
+
+        self._index = IndexBuilder()
         self._count = 0
         self._est = 1024 + tarfile.RECORDSIZE  # end-of-archive blocks + worst-case record padding
 
     def _finish(self) -> None:
         self._tar.close()
         self._file.close()
+        from .index import index_path  # noqa: PLC0415
+
+        # the member offsets beside the shard (random access for the global sample order), complete
+        # before the shard itself appears
+        side = Path(index_path(str(self._path)))
+        side_tmp = side.with_name(side.name + TMP_SUFFIX)
+        side_tmp.write_text(self._index.build().to_json())
+        os.replace(side_tmp, side)
         tmp = self._path.with_name(self._path.name + TMP_SUFFIX)
         os.replace(tmp, self._path)
         self.shards.append({
@@ -101,7 +112,10 @@ class AtomicShardWriter:
             info.mtime = 0
             info.mode = 0o644
             info.uname = info.gname = ""
+            header_at = self._tar.offset
             self._tar.addfile(info, io.BytesIO(value))
+            # USTAR: one 512-byte header block (names over 100 bytes are refused by the format), then data
+            self._index.add(key, ext, header_at + tarfile.BLOCKSIZE, len(value))
         self._count += 1
         self._est += size
 

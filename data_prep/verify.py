@@ -2,8 +2,9 @@
 
 Checks sha256 and size per shard, that every member path is safe, that every sample
 decodes with the schema decoder and matches the manifest's kind/rate/length, per-shard and
-per-split counts and seconds, per-source clip counts, and that no stray shard sits in a
-split folder (a glob-based reader would pick it up).
+per-split counts and seconds, per-source clip counts, that a shard's member index (its
+``.idx.json`` sidecar, where the writer left one) matches the shard's own tar headers, and that
+no stray shard sits in a split folder (a glob-based reader would pick it up).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import PurePosixPath
 from tqdm import tqdm
 
 from . import storage
+from .index import INDEX_SUFFIX, ShardIndex, index_path, scan_shard
 from .manifest import ManifestError, load_manifest
 from .schema import SampleError, decode_sample
 from .tarshard import TarMemberError, iter_tar_samples, sha256_file
@@ -61,6 +63,7 @@ def verify_dataset(out_dir: str | os.PathLike, progress: bool = True) -> list[st
             problems.append(f"{path}: unreadable tar: {type(e).__name__}: {e}")
         if n != entry["samples"]:
             problems.append(f"{path}: {n} samples read, manifest says {entry['samples']}")
+        problems.extend(_check_index(path))
     bar.close()
     for split, info in m["splits"].items():
         if split_counts[split] != info["clips"]:
@@ -70,6 +73,8 @@ def verify_dataset(out_dir: str | os.PathLike, progress: bool = True) -> list[st
         listed = {PurePosixPath(s["path"]).name for s in info["shards"] if PurePosixPath(s["path"]).parent.name == split}
         d = storage.join(root, split)
         for name in storage.listdir(d):
+            if name.endswith(INDEX_SUFFIX) and name[: -len(INDEX_SUFFIX)] in listed:
+                continue  # a listed shard's index, checked above
             if ".tar" in name and name not in listed:
                 problems.append(f"{storage.join(d, name)}: stray file not in the manifest (stale or partial shard)")
     if m["kind"] == "audio":
@@ -77,6 +82,21 @@ def verify_dataset(out_dir: str | os.PathLike, progress: bool = True) -> list[st
             if per_source[rel] != info["clips"]:
                 problems.append(f"source {rel}: {per_source[rel]} clips found, manifest says {info['clips']}")
     return problems
+
+
+def _check_index(shard: str) -> list[str]:
+    """The shard's sidecar index (if any) against a scan of its headers."""
+    side = index_path(shard)
+    if not storage.exists(side):
+        return []
+    try:
+        stored = ShardIndex.from_json(storage.read_text(side), side)
+    except ValueError as e:
+        return [str(e)]
+    scanned = scan_shard(shard)
+    if (stored.keys, stored.fields) != (scanned.keys, scanned.fields):
+        return [f"{side}: member index does not match the shard's tar headers (stale or damaged index)"]
+    return []
 
 
 def _check_sample(s, m: dict, split: str) -> list[str]:

@@ -22,6 +22,17 @@ def nll_bits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | N
     return (ce * m).sum() / m.sum().clamp_min(1) / math.log(2)
 
 
+def nll_bits_total(logits: torch.Tensor, targets: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total NLL in bits, counted positions) over positions where `mask` is true, in float32 and
+    differentiable: a training loss that is a sum, so shares of one batch on several ranks add up exactly."""
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+    if mask is None:
+        return ce.sum() / math.log(2), torch.tensor(float(ce.numel()), device=ce.device)
+    m = mask.reshape(-1).to(ce.dtype)
+    return (ce * m).sum() / math.log(2), m.sum()
+
+
 def nll_bits_sums(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """[total bits, counted positions] as a float64 tensor on the logits' device: validation adds these
     up batch after batch without a host sync, and ranks merge them by addition."""

@@ -35,12 +35,37 @@ def make_demo_shards(root: Path, minutes: float = 0.3) -> Path:
     return out
 
 
+def take_batches(urls, *, examples, steps: int = 5, global_batch: int = 2, counts=None, seed: int = 0,
+                 start_step: int = 0, rank: int = 0, world: int = 1, micro: int | None = None,
+                 on_bad_sample: str = "skip", threads: int = 0) -> list[tuple]:
+    """Each step's share of the global order (cluster.train.data.GlobalBatches) over `urls`, its
+    micro-batches joined: [(tokens, mask[, labels]) per step; () for a step that only had a zero-weight
+    stand-in]. `counts`: samples per shard, as a manifest
+    says (default: what a scan of each shard finds)."""
+    from cluster.train.data import GlobalBatches
+    from cluster.train.order import ClipLocator, GlobalOrder
+    from data_prep.index import scan_shard
+
+    counts = counts or [len(scan_shard(u)) for u in urls]
+    loader = GlobalBatches(ClipLocator(tuple(urls), tuple(counts)), GlobalOrder(sum(counts), global_batch, seed),
+                           examples=examples, rank=rank, world=world, micro=micro or global_batch,
+                           on_bad_sample=on_bad_sample, threads=threads)
+    try:
+        out = []
+        for step in range(start_step, start_step + steps):
+            mbs = loader.batches(step)
+            out.append(tuple(torch.cat(cols) for cols in zip(*(mb.tensors for mb in mbs if mb.weight))))
+        return out
+    finally:
+        loader.close()
+
+
 def tiny_job(shards: Path, storage: Path, name: str = "t", **sections) -> dict:
     """A job dict small enough for a few-second Ray run on 2 CPUs."""
     job = {
         "name": name,
         "seed": 0,
-        "data": {"shards": str(shards), "crop": 256, "shuffle_buffer": 4, "loader_workers": 0},
+        "data": {"shards": str(shards), "crop": 256, "loader_workers": 0},
         "model": {"d_model": 16, "n_layers": 1, "pool": [4, 4], "expand": 2, "ff": 2, "d_state": 8,
                   "kernel": "s4d"},
         "optim": {"lr": 4e-3, "weight_decay": 0.0, "ssm_lr": 1e-3},
@@ -70,6 +95,31 @@ def assert_same_training_state(a: dict, b: dict, atol: float = 1e-6) -> None:
         for m in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(st[m], b["optimizer"]["state"][pid][m], rtol=0, atol=atol)
     assert a["scheduler"] == b["scheduler"]
+
+
+# How close "the same weights" are for runs that differ only in how a global batch was split over workers
+# (tests/cluster/test_elastic_units.py, tests/integration/test_elastic_ray.py). Splitting over W ranks only
+# reorders float32 sums: the gradients agree to ~2e-6 relative. AdamW's first steps divide each gradient by
+# its own magnitude, so an element whose gradient nearly cancels (|g| ~ eps = 1e-8) turns that noise into a
+# visible weight change: measured, world 3 vs 1 moved 0.03 % of the elements by more than 1e-5 (at most
+# 4e-4), and the whole difference was 4e-4 of the distance the weights travelled; world 2 and 4 stayed below
+# 1e-5. A wrong clip, crop or batch size moves 99 % of them and differs by more than the distance travelled
+# (measured: another seed 94x, another global batch 1.3x).
+REL_NORM_TOL = 1e-3  # |w_a - w_b| / |w_a - w_start|
+FRAC_TOL = 1e-3  # share of elements differing by more than 1e-5
+
+
+def flat_weights(state: dict) -> torch.Tensor:
+    return torch.cat([v.flatten().double() for _, v in sorted(state["model"].items())])
+
+
+def assert_same_weights(a: dict, b: dict, start: dict) -> None:
+    """Checkpoint payloads a and b hold the same weights up to reordered float sums; `start` is an
+    earlier checkpoint of a, so the tolerance is relative to how far training moved them."""
+    wa, wb, w0 = flat_weights(a), flat_weights(b), flat_weights(start)
+    rel = ((wa - wb).norm() / (wa - w0).norm()).item()
+    frac = ((wa - wb).abs() > 1e-5).double().mean().item()
+    assert rel < REL_NORM_TOL and frac < FRAC_TOL, f"weights differ: {rel:.3g} of the distance travelled, {frac:.3%} of elements"
 
 
 def write_job(path: Path, job: dict) -> Path:

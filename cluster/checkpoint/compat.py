@@ -10,6 +10,9 @@ from sashimi.config import SaShiMiConfig
 from ..config import task_name
 
 COMPARED_JOB_KEYS = ("data.quantization",)  # besides the task and the model's weight keys
+# Compared when a run resumes its own checkpoint (not when a new run branches off one): a step of the run
+# must keep training on as many clips as the steps before it
+RESUME_JOB_KEYS = ("training.global_batch",)
 
 
 class CheckpointMismatchError(ValueError):
@@ -27,16 +30,17 @@ def _model_of(job: dict) -> tuple[dict, tuple[str, ...]]:
     return config.to_dict(), config.weight_keys()
 
 
-def config_mismatch(stored_job: dict, job: dict) -> list[str]:
+def config_mismatch(stored_job: dict, job: dict, resume: bool = True) -> list[str]:
     """Differences that make a checkpoint unusable for `job`: task, the model's weight keys and
-    data.quantization. Returns 'key: checkpoint X, job Y' strings (empty when compatible)."""
+    data.quantization, and when the run resumes its own checkpoint (`resume`) training.global_batch.
+    Returns 'key: checkpoint X, job Y' strings (empty when compatible)."""
     (a, keys_a), (b, keys_b) = _model_of(stored_job), _model_of(job)
     out = []
     if task_name(stored_job) != task_name(job):  # different model class: nothing else would load either
         out.append(f"task: checkpoint {task_name(stored_job)!r}, job {task_name(job)!r}")
     out += [f"model.{k}: checkpoint {a.get(k)!r}, job {b.get(k)!r}" for k in sorted(set(keys_a) | set(keys_b))
             if a.get(k) != b.get(k)]
-    for dotted in COMPARED_JOB_KEYS:
+    for dotted in COMPARED_JOB_KEYS + (RESUME_JOB_KEYS if resume else ()):
         sec, key = dotted.split(".")
         va, vb = (stored_job.get(sec) or {}).get(key), (job.get(sec) or {}).get(key)
         if va != vb:
@@ -44,9 +48,10 @@ def config_mismatch(stored_job: dict, job: dict) -> list[str]:
     return out
 
 
-def mismatch_message(stored_job: dict, job: dict, checkpoint_path: str | os.PathLike) -> str | None:
+def mismatch_message(stored_job: dict, job: dict, checkpoint_path: str | os.PathLike,
+                     resume: bool = True) -> str | None:
     """Why `job` cannot resume the checkpoint at `checkpoint_path` (every differing key), or None."""
-    diff = config_mismatch(stored_job, job)
+    diff = config_mismatch(stored_job, job, resume)
     if not diff:
         return None
     return (f"checkpoint {checkpoint_path} was written with a different model config than job "

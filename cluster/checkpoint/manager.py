@@ -38,6 +38,14 @@ class TrainState:
     step: int = 0  # optimiser steps done
     nonfinite_steps: int = 0  # optimiser steps skipped for NaN/Inf so far
     metrics: dict = field(default_factory=dict)  # validation metrics of this step (empty without an evaluation)
+    resizes: int = 0  # restarts at another world size than the checkpoint's
+    reclaims: int = 0  # reclaim notices acted on (a just-in-time checkpoint)
+    steps_redone: int = 0  # steps an attempt did again because the one before it died past its checkpoint
+
+    COUNTERS = ("resizes", "reclaims", "steps_redone")
+
+    def counters(self) -> dict:
+        return {k: getattr(self, k) for k in self.COUNTERS}
 
 
 class CheckpointManager:
@@ -62,6 +70,7 @@ class CheckpointManager:
         self.suffix = ""  # set after a fallback resume, so new checkpoints never reuse a torn one's name
         self.skipped_invalid = 0  # invalid checkpoints passed over when resuming
         self.resumed_from = -1  # the step loaded, -1 for a fresh start
+        self.resumed_world: int | None = None  # the world size the loaded checkpoint was written at
 
     def due(self, step: int | None = None) -> bool:
         """Whether `step` (default: the current one) is a checkpoint step."""
@@ -104,7 +113,8 @@ class CheckpointManager:
         if payload is None:
             return None, None
         suffix = f"r{int(time.time())}" if problems else ""
-        refusal = mismatch_message(job_of(payload), self.job.to_dict(), used)
+        own = used != self.job.checkpoint.init_from  # resuming this run, not branching off another
+        refusal = mismatch_message(job_of(payload), self.job.to_dict(), used, resume=own)
         if refusal is not None:
             return None, (None, suffix, len(problems), ("mismatch", refusal))
         log.info(f"resumed from checkpoint at step {payload['step']}" + (
@@ -122,6 +132,10 @@ class CheckpointManager:
         self.state.step = self.resumed_from = payload["step"]
         self.state.nonfinite_steps = int(payload["nonfinite_steps"])
         self.state.metrics = dict(payload["metrics"])
+        for k, v in payload.get("counters", {}).items():
+            if k in TrainState.COUNTERS:
+                setattr(self.state, k, int(v))
+        self.resumed_world = int(payload["data"]["world_size"])
         per_rank = payload["rng"].get("per_rank")
         if per_rank is not None and len(per_rank) == self.world:
             restore_rng(per_rank[self.rank])
@@ -164,5 +178,6 @@ class CheckpointManager:
             scheduler_state=self.schedule.state_dict() if self.schedule is not None else {},
             step=self.state.step, data_seed=self.job.seed, world_size=self.world, job=self.job.to_dict(), rng=rng,
             sample_rate=self.sample_rate, metrics=self.state.metrics, nonfinite_steps=self.state.nonfinite_steps,
-            grad_scaler=self.precision.scaler_state() if self.precision is not None else {})
+            grad_scaler=self.precision.scaler_state() if self.precision is not None else {},
+            counters=self.state.counters())
         return save_checkpoint_dir(storage.join(directory, checkpoint_dir_name(self.state.step, self.suffix)), payload)

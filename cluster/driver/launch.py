@@ -44,16 +44,26 @@ def build_trainer(config: WorkerConfig) -> TorchTrainer:
         train_loop_config=config.to_dict(),
         # NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): a fractional GPU share uses gloo
         torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu and resources["GPU"] >= 1 else "gloo"),
-        scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
+        # [min, max]: Ray starts once min workers fit and restarts the group at the available size (from
+        # the latest checkpoint) when it changes, checking every resize_check_s
+        scaling_config=ScalingConfig(num_workers=_ray_num_workers(job), use_gpu=job.scaling.use_gpu,
                                      resources_per_worker=resources,
-                                     placement_strategy=job.scaling.placement_strategy),
+                                     placement_strategy=job.scaling.placement_strategy,
+                                     elastic_resize_monitor_interval_s=job.scaling.resize_check_s),
         run_config=RunConfig(
             name=job.name,
             storage_path=job.checkpoint.storage,
             checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.keep),
-            failure_config=FailureConfig(max_failures=job.failure.max_failures),
+            # reclaims (spot/preemptible nodes drained with a notice) are counted apart from crashes
+            failure_config=FailureConfig(max_failures=job.failure.max_failures,
+                                         max_preemption_failures=job.failure.max_preemptions),
         ),
     )
+
+
+def _ray_num_workers(job: JobConfig) -> int | tuple[int, int]:
+    s = job.scaling
+    return (s.min_workers, s.max_workers) if s.elastic else s.max_workers
 
 
 def run(job: JobConfig, where: str = "<job>", fresh: bool = False, num_cpus: int | None = None) -> RunInfo:
@@ -65,7 +75,9 @@ def run(job: JobConfig, where: str = "<job>", fresh: bool = False, num_cpus: int
     started = connect_ray(num_cpus)
     try:
         submitted = time.time()
-        log.info(f"submitting {job.name}: {job.scaling.num_workers} worker(s), run dir {run_dir.root}")
+        n = job.scaling.num_workers
+        log.info(f"submitting {job.name}: {n if isinstance(n, int) else f'{n[0]} to {n[1]}'} worker(s), "
+                 f"run dir {run_dir.root}")
         result = build_trainer(config).fit()
     finally:
         if started:

@@ -134,7 +134,11 @@ def train_data(job: JobConfig, manifest: dict, where: str = "<job>") -> TrainDat
     lists = shard_lists(job, manifest, where)
     test_split, test = (test_split_of(job, manifest, lists["val"], where) if task_of(job).needs_test_split
                         else (None, []))
-    return TrainData(tuple(lists["train"]), tuple(lists["val"]), manifest.get("sample_rate"), tuple(test), test_split)
+    counts = tuple(int(sh["samples"]) for sh in manifest["splits"][job.data.train_split]["shards"])
+    if not sum(counts):
+        raise JobConfigError(f"{where}: data.shards: split {job.data.train_split!r} of {job.data.shards} has no samples")
+    return TrainData(tuple(lists["train"]), tuple(lists["val"]), manifest.get("sample_rate"), tuple(test), test_split,
+                     counts)
 
 
 def shard_lists(job: JobConfig, manifest: dict, where: str = "<job>") -> dict[str, list[str]]:
@@ -197,7 +201,7 @@ def check_init_from(job: JobConfig, where: str) -> None:
         stored = read_job(src)
     except CheckpointError as e:
         raise JobConfigError(f"{where}: checkpoint.init_from: {e}") from None
-    diff = config_mismatch(stored, job.to_dict())
+    diff = config_mismatch(stored, job.to_dict(), resume=False)
     if diff:
         raise JobConfigError(f"{where}: checkpoint.init_from: {src} was written with a different config: "
                              f"{'; '.join(diff)}")

@@ -30,6 +30,10 @@ def print_summary(out: dict, run_dir: RunDir) -> None:
     log.info("---- summary ----")
     for line in out["summary"]:
         log.info(line)
+    m = out["metrics"]
+    if "world_size" in m:
+        log.info(f"workers at the end: {m['world_size']}; resizes {m.get('resizes', 0)}, reclaims "
+                 f"{m.get('reclaims', 0)}, steps redone after restarts {m.get('steps_redone', 0)}")
     log.info(f"checkpoints: {run_dir.root}/checkpoint_step*  (latest {out['checkpoint']})")
     log.info(f"TensorBoard: tensorboard --logdir {run_dir.root} --host 127.0.0.1")
     log.info("resume: run the same command again; start over: add --fresh")

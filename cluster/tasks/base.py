@@ -91,8 +91,20 @@ class Task:
         """The sample -> example function the data streams apply (picklable: loader workers use it)."""
         raise NotImplementedError
 
-    def loss(self, model: torch.nn.Module, batch: Batch, autocast: Callable) -> torch.Tensor:
+    def loss_sums(self, model: torch.nn.Module, batch: Batch, autocast: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the batch's training loss summed over its units, the number of units counted): a sum, so the
+        trainer can divide a global batch's total by one constant whatever the ranks' shares."""
         raise NotImplementedError
+
+    def units(self, batch: Batch) -> int:
+        """Units of loss per example (positions of a token sequence, 1 for a clip-level loss): the global
+        batch's loss is divided by global batch x units."""
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: Batch, autocast: Callable) -> torch.Tensor:
+        """The batch's mean loss per counted unit."""
+        total, count = self.loss_sums(model, batch, autocast)
+        return total / count.clamp_min(1)
 
     def eval_sums(self, model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
                   autocast: Callable) -> torch.Tensor:

@@ -34,11 +34,16 @@ class ClassifyTask(Task):
     def examples(self) -> TokenExamples:
         return TokenExamples(self.job.data.crop, self.job.data.quantization, N_LABELS)
 
-    def loss(self, model, batch, autocast) -> torch.Tensor:
+    def loss_sums(self, model, batch, autocast):
+        """(cross-entropy summed over the clips, in nats; the number of clips)."""
         tokens, mask, labels = batch
         with autocast():
             logits = model(tokens, mask)
-        return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(logits.float(), labels, reduction="sum"), torch.tensor(float(labels.numel()),
+                                                                                      device=labels.device)
+
+    def units(self, batch) -> int:
+        return 1
 
     @torch.no_grad()
     def eval_sums(self, model, batches, device, autocast) -> torch.Tensor:

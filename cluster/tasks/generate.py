@@ -10,7 +10,7 @@ import torch
 
 from sashimi import SaShiMi
 from sashimi.generate import generate
-from sashimi.metrics import nll_bits, nll_bits_sums, shift_inputs
+from sashimi.metrics import nll_bits_sums, nll_bits_total, shift_inputs
 from sashimi.quantize import dequantize, zero_class
 
 from ..audio import spectrogram_image, write_wav
@@ -31,11 +31,15 @@ class GenerateTask(Task):
     def examples(self) -> TokenExamples:
         return TokenExamples(self.job.data.crop, self.job.data.quantization)
 
-    def loss(self, model, batch, autocast) -> torch.Tensor:
+    def loss_sums(self, model, batch, autocast):
+        """(bits summed over the valid positions, their count)."""
         tokens, mask = batch
         with autocast():
             logits = model(shift_inputs(tokens, zero_class()))
-        return nll_bits(logits, tokens, mask)
+        return nll_bits_total(logits, tokens, mask)
+
+    def units(self, batch) -> int:
+        return batch[0].shape[1]  # positions per example (the crop)
 
     @torch.no_grad()
     def eval_sums(self, model, batches, device, autocast) -> torch.Tensor:

@@ -1,43 +1,38 @@
-"""Per-rank WebDataset streams of examples (what an example is, the task decides: cluster/tasks/examples.py).
+"""Per-rank data for training and validation (what an example is, the task decides:
+cluster/tasks/examples.py).
 
-Training stream: every rank resamples shards from the *whole* shard list (`ResampledShards`,
-`deterministic=True`) with its own seed, so ranks never need disjoint shards (fewer shards than
-workers is fine) and no `split_by_node` stage is needed (it would be wrong with resampling). Batches
-are `partial=False` and the loader is cut with `.with_epoch(n)`, so every rank yields exactly n
-batches and DDP never waits on a rank that ran dry.
+Training reads the global sample order (cluster/train/order.py): rank r's share of global batch k is a
+fixed list of clips whose crops are seeded from (seed, position), so the clips of a step do not depend
+on the number of workers, and resuming at step k needs only k. A clip is one ranged read of its shard
+(data_prep.index: the shard's member offsets, from its sidecar index or a scan of its tar headers, loaded
+once per shard and process), done by `data.loader_workers` threads ahead of the step that needs it.
 
-Exact resume: the stream is rebuilt at every checkpoint boundary ("segment") from a seed that is a
-pure function of (job seed, rank, segment start step). A run resumed at step k therefore reads the
-very same batches an uninterrupted run reads from step k: no stream position has to be saved
-beyond the step count.
+A clip that cannot be read or decoded, or that the task's `examples` refuses (SampleError: e.g. a
+label out of range), goes to the bad-data policy (`data.on_bad_sample`, data_prep.reader): logged and
+left out of its batch ("skip"), or BadDataError naming the shard ("stop"). Every rank still runs every
+step: a share left empty trains on a stand-in example with weight zero, so DDP never waits on a rank.
 
-Shards are read through data_prep.reader (the project's one shard reader) and its bad-data policy
-(`data.on_bad_sample`): a truncated/corrupt tar, a sample that fails to decode, or one the task's
-`examples` refuses (SampleError: e.g. a label out of range) is logged with its shard and skipped ("skip")
-or raised as BadDataError naming the shard ("stop"). Skipping is local to a rank and cannot hang DDP: the
-resampled stream simply reads on, and every rank still yields exactly n batches. This module shuffles,
-applies `examples(sample, rng)` and batches.
+Validation and end-of-run scoring read whole shards in order through the same shard reader.
 """
 from __future__ import annotations
 
 import itertools
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
-import webdataset as wds
 
-from data_prep.reader import BadSamplePolicy, raw_samples, samples
+from data_prep.index import ShardIndex, load_index, read_sample
+from data_prep.reader import TAR_ERRORS, BadDataError, BadSamplePolicy, samples
 from data_prep.schema import Sample, SampleError
 
 from ..seeds import mix_seed
+from .order import ClipLocator, GlobalOrder
 
 Examples = Callable[[Sample, random.Random], tuple]  # a task's examples(): decoded sample -> tensors
-
-
-def _loader_worker_id() -> int:
-    info = torch.utils.data.get_worker_info()
-    return 0 if info is None else info.id
 
 
 def make_example(examples: Examples, sample: Sample, raw: dict, rng: random.Random,
@@ -50,66 +45,110 @@ def make_example(examples: Examples, sample: Sample, raw: dict, rng: random.Rand
         return None
 
 
-class CropShuffle:
-    """Pipeline stage: decode, shuffle within a buffer, make each example; RNG seeded per loader worker."""
-
-    def __init__(self, seed: int, examples: Examples, buffer: int, policy: BadSamplePolicy | None = None):
-        self.seed, self.examples, self.buffer = seed, examples, buffer
-        self.policy = policy or BadSamplePolicy("stop")
-
-    def __call__(self, src: Iterator[dict]):
-        rng = random.Random(mix_seed(self.seed, _loader_worker_id(), 1))
-        buf = []
-        for raw in src:
-            buf.append(raw)
-            if len(buf) < self.buffer:
-                continue
-            item = buf.pop(rng.randrange(len(buf)))
-            sample = self.policy.decode(item)
-            if sample is not None:
-                out = make_example(self.examples, sample, item, rng, self.policy)
-                if out is not None:
-                    yield out
-
-
-class _ShardMembers:
-    """Pipeline stage: ResampledShards' {"url": ...} items -> the raw samples of each shard."""
-
-    def __init__(self, policy: BadSamplePolicy):
-        self.policy = policy
-
-    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
-        return raw_samples((item["url"] for item in src), self.policy)
-
-
 def collate(items):
     """Stack examples column by column: (tokens, mask[, label]) items -> (tokens (B, L), mask (B, L)[, labels (B,)])."""
     return tuple(torch.stack(column) for column in zip(*items))
 
 
-def train_loader(urls: list[str], *, examples: Examples, seed: int, rank: int, start_step: int, n_batches: int,
-                 batch_size: int, shuffle_buffer: int = 64, loader_workers: int = 0, on_bad_sample: str = "skip",
+@dataclass(frozen=True)
+class MicroBatch:
+    """Examples collated for one forward/backward; `weight` 0 marks a stand-in (an empty share)."""
+
+    tensors: tuple
+    weight: float = 1.0
+
+
+class GlobalBatches:
+    """This rank's micro-batches of each global batch, read ahead by a thread pool.
+
+    `batches(step)` -> the micro-batches (at most `micro` examples each) of global batch `step` (the one
+    optimiser step step + 1 trains on). Reads of the next `prefetch` steps are in flight while a step
+    trains; a step's batches are handed out once."""
+
+    def __init__(self, locator: ClipLocator, order: GlobalOrder, *, examples: Examples, rank: int, world: int,
+                 micro: int, on_bad_sample: str = "skip", threads: int = 0, prefetch: int = 2,
                  pin_memory: bool = False):
-    """Exactly `n_batches` batches of `examples` (e.g. tokens (B, crop) int64, mask (B, crop) bool[, labels
-    (B,) int64]) for this rank's segment. `pin_memory` (for a CUDA device) puts each batch in page-locked
-    memory, so the trainer's `.to(device, non_blocking=True)` is an asynchronous copy."""
-    seg_seed = mix_seed(seed, rank, start_step)
-    policy = BadSamplePolicy(on_bad_sample)
-    pipeline = wds.DataPipeline(
-        wds.ResampledShards(urls, seed=seg_seed, worker_seed=_loader_worker_id, deterministic=True),
-        _ShardMembers(policy),
-        CropShuffle(seg_seed, examples, shuffle_buffer, policy),
-        wds.batched(batch_size, collation_fn=collate, partial=False),
-    )
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,
-                           persistent_workers=False, prefetch_factor=2 if loader_workers else None)
-    return loader.with_epoch(n_batches)
+        self.locator, self.order, self.examples = locator, order, examples
+        self.rank, self.world, self.micro, self.prefetch = rank, world, max(1, micro), max(1, prefetch)
+        self.policy = BadSamplePolicy(on_bad_sample)
+        self.pin_memory = pin_memory
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-reader") if threads > 0 else None
+        self.pending: dict[int, list] = {}
+        self.indexes: dict[str, ShardIndex] = {}
+        self.index_lock = threading.Lock()
+        self.last_good: tuple | None = None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _index(self, shard: str) -> ShardIndex:
+        with self.index_lock:  # one load per shard and process (a scan reads the whole shard)
+            if shard not in self.indexes:
+                self.indexes[shard] = load_index(shard)
+            return self.indexes[shard]
+
+    def _read(self, position: int):
+        """(raw sample, its shard) for a stream position, or (None, shard, error) when the read failed."""
+        shard, i = self.locator.locate(self.order.clip(position))
+        try:
+            return read_sample(shard, self._index(shard), i), shard, None
+        except TAR_ERRORS as e:
+            return None, shard, e
+
+    def _submit(self, step: int) -> None:
+        if step in self.pending:
+            return
+        positions = self.order.positions(step, self.rank, self.world)
+        if self.pool is None:
+            self.pending[step] = [(p, self._read(p)) for p in positions]
+        else:
+            self.pending[step] = [(p, self.pool.submit(self._read, p)) for p in positions]
+
+    def _example(self, position: int, read) -> tuple | None:
+        """The example at `position` from its read, or None after the policy handled a bad one."""
+        raw, shard, error = read if isinstance(read, tuple) else read.result()
+        if raw is None:
+            self.policy.read_error(shard, error)
+            return None
+        sample = self.policy.decode(raw)
+        if sample is None:
+            return None
+        return make_example(self.examples, sample, raw, random.Random(self.order.example_seed(position)), self.policy)
+
+    def _stand_in(self, step: int) -> tuple:
+        """Any good example (the last one this rank made, else the first good one of the stream after this
+        step): trained on with weight zero when a share has no good clip, so every rank still runs the
+        step's forward and backward. The policy stops the search after too many bad clips in a row."""
+        if self.last_good is None:
+            position = (step + 1) * self.order.global_batch
+            while self.last_good is None:
+                item = self._example(position, self._read(position))
+                if item is not None:
+                    self.last_good = collate([item])
+                position += 1
+                if position - (step + 1) * self.order.global_batch > self.order.n_clips:
+                    raise BadDataError(f"rank {self.rank}: no readable clip in the train split "
+                                       f"(last: {self.policy.last}); check the shards with `sashimi-prep verify`")
+        return self.last_good
+
+    def batches(self, step: int) -> list[MicroBatch]:
+        for ahead in range(self.prefetch + 1):
+            self._submit(step + ahead)
+        items = [item for item in (self._example(p, r) for p, r in self.pending.pop(step)) if item is not None]
+        if not items:  # every clip of this share was bad: a zero-weight stand-in keeps DDP in step
+            return [MicroBatch(self._stand_in(step), 0.0)]
+        self.last_good = collate(items[:1])
+        out = [MicroBatch(collate(items[i:i + self.micro])) for i in range(0, len(items), self.micro)]
+        if self.pin_memory:
+            out = [MicroBatch(tuple(t.pin_memory() for t in b.tensors), b.weight) for b in out]
+        return out
 
 
 def split_batches(urls: list[str], *, examples: Examples, batch_size: int, seed: int = 0,
                   on_bad_sample: str = "skip") -> Iterator[tuple[torch.Tensor, ...]]:
     """Every example of `urls` in shard order, in batches of `batch_size` (the last one may be short), with
-    seeded crops. Batches as train_loader's."""
+    seeded crops. Batches as GlobalBatches collates them."""
     rng = random.Random(mix_seed(seed, 7919))
     items = []
     policy = BadSamplePolicy(on_bad_sample)

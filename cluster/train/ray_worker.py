@@ -38,5 +38,5 @@ def train_fn(raw: dict) -> None:
     runtime = Runtime(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
                       device=ray.train.torch.get_device(), report=report, registry="Ray",
                       latest_checkpoint=storage.join(run_dir.root, name_of(offered.path)) if offered else None,
-                      prepare_model=ray.train.torch.prepare_model)
+                      prepare_model=ray.train.torch.prepare_model, preemption_info=ray.train.get_preemption_info)
     train_rank(config, runtime, faults=FaultPlan.from_env(job.name))

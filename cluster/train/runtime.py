@@ -29,3 +29,7 @@ class Runtime:
     registry: str | None = None
     latest_checkpoint: str | None = None  # what the registry offers to resume from (may be stale or torn)
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = _as_is  # device placement, DDP
+    # The reclaim notice of a node of this run (ray.train.get_preemption_info: None, or an object with
+    # deadline_ms, preempted_node_ids and preempted_ranks); a barrier every rank calls as often. None: the
+    # runtime has no reclaims (one process, the tests' ranks).
+    preemption_info: Callable[[], object] | None = None

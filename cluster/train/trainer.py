@@ -7,9 +7,17 @@ the job's task (model, examples, loss, validation metrics, what happens after an
 the last step) is the task plug-in's (cluster/tasks/); what a checkpoint holds and when, the checkpoint
 manager's (cluster/checkpoint/manager.py).
 
-Collective discipline (a mismatch deadlocks DDP): every rank runs the same number of steps (fixed-size
-segments between checkpoints), reports at the same steps (checkpoint steps) and joins the same
-collectives: the non-finite vote every step (one all-reduce of one number), the val-sum all-reduce at
+A step trains on a global batch of clips fixed by (seed, step) (cluster/train/order.py); this rank
+takes its share, in micro-batches of at most training.batch_per_worker. The loss of a step is the sum
+over the global batch divided by a constant (global batch x units per example: positions for token
+tasks, clips for classification), each rank's part scaled by the world size because DDP averages
+gradients: the same gradient at any world size, up to the order of float sums, however unevenly the
+clips are shared.
+
+Collective discipline (a mismatch deadlocks DDP): every rank runs the same number of steps, reports at
+the same steps (checkpoint steps, and the just-in-time checkpoint after a reclaim notice) and joins the
+same collectives: the reclaim-notice check every scaling.preemption_check_every steps (a barrier under
+Ray), the non-finite vote every step (one all-reduce of one number), the val-sum all-reduce at
 evaluation steps, the RNG gather at checkpoint steps. Validation is shared: each rank scores its own
 deterministic share of the val batches on the unwrapped module and the sums are added. The task's
 after-evaluation and finish hooks run on rank 0 only, after the last collective of their step.
@@ -35,9 +43,10 @@ from ..logs import log
 from ..rundir import RunDir
 from ..seeds import seed_all
 from ..tasks import EvalContext, FinishContext, task_of
-from . import stops
+from . import progress, stops
 from .board import Board
-from .data import split_batches, train_loader, val_batches
+from .data import GlobalBatches, MicroBatch, split_batches, val_batches
+from .order import ClipLocator, GlobalOrder
 from .faults import NoFaults
 from .meter import StepMeter, memory_metrics
 from .precision import Precision, set_tf32
@@ -116,11 +125,22 @@ class Trainer:
                                       sample_rate=self.data.sample_rate, rank=self.rank, world=self.world,
                                       report=runtime.report, registry=runtime.registry)
         self.examples = self.task.examples()
+        self.global_batch = job.global_batch(self.world)
+        if self.global_batch < self.world:
+            raise FatalTrainingError(f"job {job.name!r}: training.global_batch {self.global_batch} cannot be split over "
+                                     f"{self.world} workers (scaling.num_workers): some would get no clip")
+        self.batches = GlobalBatches(
+            ClipLocator(self.data.train, self.data.train_counts),
+            GlobalOrder(sum(self.data.train_counts), self.global_batch, job.seed), examples=self.examples,
+            rank=self.rank, world=self.world, micro=t.batch_per_worker, on_bad_sample=job.data.on_bad_sample,
+            threads=job.data.loader_workers, pin_memory=self.device.type == "cuda")
         self.meter = StepMeter(self.device)
         self.clip = t.clip_norm if t.clip_norm is not None else float("inf")
         self.nonfinite_run = 0  # non-finite steps in a row: equal on every rank (voted)
         self.board: Board | None = None  # rank 0
         self.val: list | None = None  # this rank's share of the fixed validation batches, read once
+        self.noticed: set[str] = set()  # nodes whose reclaim notice this attempt has acted on
+        self.check_s, self.checks = 0.0, 0  # time spent in reclaim-notice checks (a barrier), and how many
 
     @property
     def step(self) -> int:
@@ -146,47 +166,64 @@ class Trainer:
                 self.board = Board(self.run_dir.tensorboard, purge_step=self.step)
                 if self.step == 0:
                     self.board.text("job", "```\n" + yaml.safe_dump(self.job.to_dict(), sort_keys=False) + "\n```", 0)
+                self._note_restart()
             self.model.train()
             while self.step < self.job.training.max_steps:
-                self._run_segment()
+                self.train_step()
+                self.maybe_log()
+                metrics = self._metrics()
+                self.maybe_evaluate(metrics)
+                saved = self.maybe_checkpoint(metrics)
+                self.maybe_checkpoint_before_reclaim(metrics, saved)
         except stops.FATAL_ERRORS as e:
             stops.record(self.run_dir, e, self.rank)
             raise
+        finally:
+            self.batches.close()
         self.finish()
 
-    def _run_segment(self) -> None:
-        """The steps up to the next checkpoint boundary, on a data stream seeded by (seed, rank, step)."""
-        every, max_steps = self.job.checkpoint.every, self.job.training.max_steps
-        end = min((self.step // every + 1) * every, max_steps)
-        batches = iter(self._loader(end - self.step))
-        while self.step < end:
-            self.train_step(batches)
-            self.maybe_log()
-            metrics = self._metrics()
-            self.maybe_evaluate(metrics)
-            self.maybe_checkpoint(metrics)
+    def _note_restart(self) -> None:
+        """Rank 0 after loading: a resumed checkpoint of another world size is a resize; steps past it that
+        an earlier attempt had done (its progress mark) are steps redone. Both are counted and logged."""
+        st = self.state
+        if self.ckpt.resumed_world is not None and self.ckpt.resumed_world != self.world:
+            st.resizes += 1
+            msg = (f"resize: resuming the checkpoint of step {self.step}, written at world size "
+                   f"{self.ckpt.resumed_world}, at world size {self.world} (global batch {self.global_batch})")
+            log.info(msg)
+            self.board.text("elastic", msg, self.step)
+        done = progress.read(self.run_dir)
+        if done > self.step:
+            st.steps_redone += done - self.step
+            log.info(f"an earlier attempt reached step {done}: steps {self.step + 1}..{done} are done again")
 
-    def train_step(self, batches: Iterator) -> None:
-        """One optimiser step over grad_accum micro-batches, skipped on every rank if any saw NaN/Inf.
-        Loss and gradient norm stay on the device; the vote is the step's one host sync."""
+    def train_step(self) -> None:
+        """One optimiser step over this rank's share of the global batch, skipped on every rank if any saw
+        NaN/Inf. Loss and gradient norm stay on the device; the vote is the step's one host sync."""
         t0 = time.perf_counter()
         self.state.metrics = {}
         self.sched.apply(self.step)
-        accum = self.job.training.grad_accum
         scaler = self.amp.scaler
-        data_wait, clips, audio = 0.0, 0, 0
+        td = time.perf_counter()
+        micro_batches: list[MicroBatch] = self.batches.batches(self.step)
+        data_wait = time.perf_counter() - td
+        clips = audio = 0
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
-        for micro in range(accum):
-            td = time.perf_counter()
-            batch = tuple(t.to(self.device, non_blocking=True) for t in next(batches))
-            data_wait += time.perf_counter() - td
-            clips += batch[0].shape[0]
-            audio += batch[0].numel()  # tokens: clips x crop length
-            with self._grad_sync(last=micro == accum - 1):
-                loss = self.task.loss(self.forward_model, batch, self.autocast)
-                loss = self.faults.poison(loss, self.step + 1, self.rank)
-                scaler.scale(loss / accum).backward()
-            loss_sum += loss.detach().float()
+        count = torch.zeros((), dtype=torch.float32, device=self.device)
+        for i, mb in enumerate(micro_batches):
+            batch = tuple(t.to(self.device, non_blocking=True) for t in mb.tensors)
+            # the step's loss is sum / (global batch x units per example) at any world size; DDP averages
+            # the ranks' gradients, hence the factor world
+            scale = mb.weight * self.world / (self.global_batch * self.task.units(batch))
+            clips += batch[0].shape[0] if mb.weight else 0
+            audio += batch[0].numel() if mb.weight else 0  # tokens: clips x crop length
+            with self._grad_sync(last=i == len(micro_batches) - 1):
+                total, n = self.task.loss_sums(self.forward_model, batch, self.autocast)
+                total = self.faults.poison(total, self.step + 1, self.rank)
+                scaler.scale(total * scale).backward()
+            loss_sum += total.detach().float() * mb.weight
+            count += n.detach().float() * mb.weight
+        loss_mean = loss_sum / count.clamp_min(1)  # this rank's mean, for logging
         scaler.unscale_(self.optimizer)  # fp16: true gradients before clipping (a no-op otherwise)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         verdict = step_verdict(loss_sum, grad_norm, self.world)
@@ -197,12 +234,12 @@ class Trainer:
         scale_before = scaler.get_scale() if skipped and scaler.is_enabled() else None
         scaler.update()  # fp16: halves the scale after an overflow, grows it after a run of good steps
         if skipped and not self._scaler_overflow(verdict, scale_before):
-            self._count_skipped(loss_sum / accum, grad_norm)
+            self._count_skipped(loss_mean, grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
         self.faults.after_step(self.step + 1, self.rank)
         self.state.step += 1
         if self.meter.add(time.perf_counter() - t0, data_wait, clips * self.world, audio * self.world,
-                          loss_sum / accum, grad_norm, skipped):
+                          loss_mean, grad_norm, skipped):
             self._log0(f"first step done at unix time {self.meter.first_step_unix:.3f}")
 
     def _scaler_overflow(self, verdict: int, scale_before: float | None) -> bool:
@@ -248,19 +285,24 @@ class Trainer:
                    **{f"train/lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)},
                    "train/nonfinite_steps": self.state.nonfinite_steps, "perf/clips_per_s": w["clips_per_s"],
                    "perf/audio_samples_per_s": w["audio_samples_per_s"], "perf/step_time_s": w["step_time_s"],
-                   "perf/data_wait_s": w["data_wait_s"], **memory_metrics(self.device)}
+                   "perf/data_wait_s": w["data_wait_s"], "perf/world_size": self.world,
+                   **memory_metrics(self.device)}
         if self.amp.scaler.is_enabled():
             scalars["train/loss_scale"] = self.amp.scaler.get_scale()
         self.board.scalars(scalars, self.step)
         self.board.flush()  # on object storage: uploads the events (cluster/train/board.py)
+        progress.write(self.run_dir, self.step, self.world)  # how far this attempt got: a restart counts what it redoes
         log.info(f"step {self.step}/{self.job.training.max_steps} loss {w['loss']:.4f} {self.task.loss_unit} "
                  f"lr {lr:.2e} gnorm {w['grad_norm']:.3f} {w['audio_samples_per_s']:.0f} audio samples/s "
                  f"({w['clips_per_s']:.2f} clips/s) data wait {1000 * w['data_wait_s']:.1f} ms/step")
 
     def _metrics(self) -> dict:
         """What is reported (Ray keeps rank 0's): progress, resume facts, throughput of this attempt."""
+        st = self.state
         return {"step": self.step, "resumed_from": self.ckpt.resumed_from,
-                "nonfinite_steps": self.state.nonfinite_steps, "resume_skipped_invalid": self.ckpt.skipped_invalid,
+                "nonfinite_steps": st.nonfinite_steps, "resume_skipped_invalid": self.ckpt.skipped_invalid,
+                "world_size": self.world, "resizes": st.resizes, "reclaims": st.reclaims,
+                "steps_redone": st.steps_redone, "preemption_check_ms": 1e3 * self.check_s / max(self.checks, 1),
                 **self.meter.attempt_metrics()}
 
     def evaluate(self) -> dict:
@@ -298,14 +340,42 @@ class Trainer:
         """Evaluation draws nothing from the training RNG streams (exact resume depends on them)."""
         return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
 
-    def maybe_checkpoint(self, metrics: dict) -> None:
+    def maybe_checkpoint(self, metrics: dict) -> bool:
         """At checkpoint steps: the manager saves (every rank) and rank 0 flushes TensorBoard."""
         if not self.ckpt.due():
-            return
+            return False
+        self._save(metrics)
+        return True
+
+    def _save(self, metrics: dict) -> None:
         persisted = self.ckpt.save(metrics)
         if self.rank == 0:
             self.board.flush()
         self.faults.after_checkpoint(self.step, self.rank, persisted)
+
+    def maybe_checkpoint_before_reclaim(self, metrics: dict, saved: bool) -> None:
+        """Every scaling.preemption_check_every steps, ask the runtime whether a node of this run is being
+        reclaimed (a barrier: every rank asks, and all get the same answer). On a notice, checkpoint now
+        (unless this step's checkpoint was just saved; once per reclaimed node) and keep training: after the
+        node goes, the run resumes from this step instead of the last periodic checkpoint."""
+        every = self.job.scaling.preemption_check_every
+        if not every or self.step % every or self.rt.preemption_info is None:
+            return
+        t0 = time.perf_counter()
+        info = self.rt.preemption_info()
+        self.check_s, self.checks = self.check_s + time.perf_counter() - t0, self.checks + 1
+        if info is None or not set(info.preempted_node_ids) - self.noticed:
+            return
+        self.noticed |= set(info.preempted_node_ids)
+        self.state.reclaims += 1
+        deadline = info.deadline_ms / 1000 - time.time() if info.deadline_ms else float("nan")
+        msg = (f"preemption: node {', '.join(info.preempted_node_ids)} (ranks {info.preempted_ranks}) deadline "
+               f"{deadline:.0f} s, checkpoint step {self.step}")
+        self._log0(msg)
+        if self.rank == 0:
+            self.board.text("elastic", msg, self.step)
+        if not saved:
+            self._save({**metrics, "reclaims": self.state.reclaims})
 
     def finish(self) -> None:
         """After the last step (also when a finished run is re-run): the task's finish hook on rank 0 (a
@@ -320,14 +390,6 @@ class Trainer:
             self.board.close()
 
     # ---------------------------------------------------------------- data
-
-    def _loader(self, n_steps: int):
-        j = self.job
-        return train_loader(self.data.train, examples=self.examples, seed=j.seed, rank=self.rank,
-                            start_step=self.step, n_batches=n_steps * j.training.grad_accum,
-                            batch_size=j.training.batch_per_worker, shuffle_buffer=j.data.shuffle_buffer,
-                            loader_workers=j.data.loader_workers, on_bad_sample=j.data.on_bad_sample,
-                            pin_memory=self.device.type == "cuda")
 
     def _split_batches(self, urls: Iterable[str]) -> Iterator[tuple[torch.Tensor, ...]]:
         """Every example of `urls` in shard order, in val-sized batches (a task's finish hook scores them)."""

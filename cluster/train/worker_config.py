@@ -18,6 +18,7 @@ class TrainData:
     sample_rate: int | None  # stored in every checkpoint; None for pixel datasets
     test: tuple[str, ...] = ()  # scored after the last step by tasks that ask for it (Task.needs_test_split)
     test_split: str | None = None
+    train_counts: tuple[int, ...] = ()  # samples per train shard (the manifest's): the global sample order
 
 
 @dataclass(frozen=True)
@@ -32,5 +33,6 @@ class WorkerConfig:
     @classmethod
     def from_dict(cls, raw: dict, where: str = "<job from driver>") -> "WorkerConfig":
         d = raw["data"]
-        data = TrainData(tuple(d["train"]), tuple(d["val"]), d["sample_rate"], tuple(d["test"]), d["test_split"])
+        data = TrainData(tuple(d["train"]), tuple(d["val"]), d["sample_rate"], tuple(d["test"]), d["test_split"],
+                         tuple(d["train_counts"]))
         return cls(job_from_dict(raw["job"], where), data)

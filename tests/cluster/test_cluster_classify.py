@@ -14,11 +14,11 @@ import torch
 from cluster import checkpoint as ck
 from cluster.checkpoint import compat, format as fmt, store
 from cluster.config import JobConfigError, job_from_dict
-from cluster.train.data import train_loader, val_batches
+from cluster.train.data import val_batches
 from cluster.driver.jobs import load_job
 from cluster.tasks import task_of
 from cluster.tasks.examples import TokenExamples
-from cluster_helpers import REPO, make_checkpoint, write_checkpoint, write_job, write_mnist_idx
+from cluster_helpers import REPO, make_checkpoint, take_batches, write_checkpoint, write_job, write_mnist_idx
 from data_prep.cli import main as prep_main
 from data_prep.manifest import shard_paths
 
@@ -37,7 +37,7 @@ def mnist(tmp_path_factory):
 def classify_job(shards: Path, storage: Path, name: str = "cls", **sections) -> dict:
     job = {
         "name": name, "task": "classify", "seed": 0,
-        "data": {"shards": str(shards), "quantization": "none", "crop": None, "shuffle_buffer": 16},
+        "data": {"shards": str(shards), "quantization": "none", "crop": None},
         "model": dict(TINY),
         "optim": {"lr": 3e-2, "weight_decay": 0.0, "ssm_lr": 1e-3},
         "schedule": {"kind": "constant"},
@@ -105,9 +105,8 @@ def test_test_split_falls_back_to_val(mnist, tmp_path):
 def test_train_stream_carries_the_right_labels_and_is_reproducible(mnist):
     shards, sets = mnist
     urls = shard_paths(shards, "train")
-    kw = dict(seed=0, rank=0, start_step=0, n_batches=3, batch_size=4, shuffle_buffer=8,
-              examples=TokenExamples(None, "none", 10))
-    a, b = list(train_loader(urls, **kw)), list(train_loader(urls, **kw))
+    kw = dict(steps=3, global_batch=4, examples=TokenExamples(None, "none", 10))
+    a, b = take_batches(urls, **kw), take_batches(urls, threads=2, **kw)
     assert len(a) == 3
     for (ta, ma, la), (tb, mb, lb) in zip(a, b):
         assert ta.shape == (4, 784) and ma.all() and la.shape == (4,) and la.dtype == torch.int64
@@ -115,7 +114,7 @@ def test_train_stream_carries_the_right_labels_and_is_reproducible(mnist):
         for tok, lab in zip(ta, la):  # the label is the one its pixels encode (band at column 2c+4)
             img = tok.reshape(28, 28)
             assert int(img[0, 2 * lab + 4]) == 100 + 15 * int(lab)
-    plain = next(iter(train_loader(urls, **{**kw, "examples": TokenExamples(None, "none")})))
+    plain = take_batches(urls, **{**kw, "examples": TokenExamples(None, "none")})[0]
     assert len(plain) == 2 and torch.equal(plain[0], a[0][0])  # generative batches are unchanged
 
 

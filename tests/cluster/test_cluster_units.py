@@ -13,10 +13,10 @@ from cluster import checkpoint as ck
 from cluster.checkpoint import format as fmt, rng, store
 from cluster.config import job_from_dict
 from cluster.tasks.examples import TokenExamples, tokens_from_sample
-from cluster.train.data import train_loader, val_batches
+from cluster.train.data import val_batches
 from cluster.train.schedule import LRSchedule
 from cluster.seeds import mix_seed
-from cluster_helpers import make_demo_shards
+from cluster_helpers import make_demo_shards, take_batches
 from data_prep.manifest import shard_paths
 from data_prep.schema import Sample
 
@@ -27,15 +27,12 @@ def shards(tmp_path_factory):
 
 
 def _take(urls, **kw):
-    args = dict(seed=0, rank=0, start_step=0, n_batches=5, batch_size=2, examples=TokenExamples(256, "mu-law"),
-                shuffle_buffer=4)
-    args.update(kw)
-    return list(train_loader(urls, **args))
+    return take_batches(urls, examples=TokenExamples(256, "mu-law"), **kw)
 
 
-def test_stream_is_exactly_n_batches_and_deterministic(shards):
+def test_global_batches_are_deterministic_and_shaped(shards):
     urls = shard_paths(shards, "train")
-    a, b = _take(urls), _take(urls)
+    a, b = _take(urls), _take(urls, threads=2)  # reading ahead in threads changes nothing
     assert len(a) == 5
     for (ta, ma), (tb, mb) in zip(a, b):
         assert ta.shape == (2, 256) and ta.dtype == torch.int64 and ma.dtype == torch.bool
@@ -43,24 +40,22 @@ def test_stream_is_exactly_n_batches_and_deterministic(shards):
         assert 0 <= int(ta.min()) and int(ta.max()) <= 255
 
 
-def test_stream_depends_on_rank_and_segment(shards):
+def test_a_step_holds_the_same_clips_at_any_world_size_and_from_any_start(shards):
     urls = shard_paths(shards, "train")
-    base = torch.cat([t for t, _ in _take(urls)])
-    assert not torch.equal(base, torch.cat([t for t, _ in _take(urls, rank=1)]))
-    assert not torch.equal(base, torch.cat([t for t, _ in _take(urls, start_step=10)]))
+    whole = _take(urls, global_batch=4, steps=3)
+    for world in (2, 3, 4):
+        shares = [_take(urls, global_batch=4, steps=3, rank=r, world=world, micro=1) for r in range(world)]
+        for step in range(3):
+            joined = torch.cat([shares[r][step][0] for r in range(world)])
+            assert torch.equal(joined, whole[step][0]), (world, step)  # rank order = the global order
+    assert torch.equal(_take(urls, global_batch=4, steps=1, start_step=2)[0][0], whole[2][0])  # resume at 2
+    assert not torch.equal(_take(urls, global_batch=4, steps=1, seed=1)[0][0], whole[0][0])
 
 
-def test_fewer_shards_than_ranks(shards):
+def test_one_shard_serves_many_ranks(shards):
     urls = shard_paths(shards, "train")[:1]
-    for rank in range(4):  # one shard, four ranks: each still gets its full, distinct stream
-        assert len(_take(urls, rank=rank, n_batches=3)) == 3
-
-
-def test_stream_with_loader_worker_process_is_deterministic(shards):
-    urls = shard_paths(shards, "train")
-    a = _take(urls, loader_workers=1, n_batches=3)
-    b = _take(urls, loader_workers=1, n_batches=3)
-    assert len(a) == 3 and all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
+    for rank in range(4):  # one shard, four ranks: each gets its share of every step
+        assert [t.shape[0] for t, _ in _take(urls, global_batch=4, steps=3, rank=rank, world=4)] == [1, 1, 1]
 
 
 def test_crop_stays_inside_valid_prefix():
@@ -105,10 +100,6 @@ def test_val_shares_interleave_to_the_whole_and_loaders_pin_on_request(shards):
     for got, want in zip([shares[0][0], shares[1][0], shares[0][1]], whole):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert val_batches(urls, rank=3, world=4, **kw) == []  # more ranks than batches: an empty share
-    # pinned host memory makes the trainer's non_blocking copies to a GPU asynchronous
-    loaders = [train_loader(urls, examples=TokenExamples(256, "mu-law"), seed=0, rank=0, start_step=0, n_batches=1,
-                            batch_size=1, pin_memory=pin) for pin in (False, True)]
-    assert [loader.pipeline[0].pin_memory for loader in loaders] == [False, True]
 
 
 def test_mix_seed_is_stable():

@@ -17,7 +17,8 @@ from cluster import checkpoint as ck
 from cluster.checkpoint import compat, format as fmt, store
 from cluster.config import JobConfigError, job_from_dict
 from cluster.driver import connect, launch, summary
-from cluster.train.data import train_loader, val_batches
+from cluster.train.data import val_batches
+from data_prep.index import scan_shard
 from data_prep.reader import BadDataError, BadSamplePolicy
 from cluster.driver.jobs import load_job
 from cluster.driver.prepare import prepare
@@ -25,7 +26,7 @@ from cluster.train.schedule import LRSchedule
 from cluster.train.trainer import GRAD_NONFINITE, LOSS_NONFINITE, STEP_OK, step_verdict
 from data_prep.atomicio import atomic_write
 from cluster.tasks.examples import TokenExamples
-from cluster_helpers import make_demo_shards, spawn_ranks, tiny_job, write_checkpoint, write_job
+from cluster_helpers import make_demo_shards, spawn_ranks, take_batches, tiny_job, write_checkpoint, write_job
 from data_prep.manifest import shard_paths
 from data_prep.schema import SampleError, decode_sample
 
@@ -342,9 +343,7 @@ MU_LAW_256 = TokenExamples(crop=256, quantization="mu-law")
 
 
 def _take(urls, **kw):
-    args = dict(seed=0, rank=0, start_step=0, n_batches=6, batch_size=2, examples=MU_LAW_256, shuffle_buffer=2)
-    args.update(kw)
-    return list(train_loader(urls, **args))
+    return take_batches(urls, examples=MU_LAW_256, **{"steps": 6, **kw})
 
 
 @pytest.fixture
@@ -364,20 +363,25 @@ def bad_dir(tmp_path, shards):
 
 
 def test_truncated_shard_is_skipped_and_named(bad_dir, capfd):
-    # only the truncated shard: its intact prefix is read, the torn rest skipped, the stream reads on
-    batches = _take([bad_dir["truncated"]], on_bad_sample="skip")
-    assert len(batches) == 6 and all(t.shape == (2, 256) for t, _ in batches)
+    # the truncated copy keeps the manifest's count of the whole shard: its intact prefix is read, the
+    # clips past the break are skipped and named, and every step still yields its batch
+    n = len(scan_shard(bad_dir["good"]))
+    batches = _take([bad_dir["truncated"]], counts=[n], steps=n, on_bad_sample="skip")
+    kept = [b for b in batches if b]  # a step whose clips were all bad trains on a zero-weight stand-in
+    assert len(batches) == n and kept and all(t.shape[1] == 256 for t, _ in kept)
+    assert sum(t.shape[0] for t, _ in kept) < 2 * n  # some clips were left out
     err = capfd.readouterr().err
     assert "truncated.tar" in err and "skipping" in err
 
 
 def test_truncated_shard_stops_when_configured(bad_dir):
+    n = len(scan_shard(bad_dir["good"]))
     with pytest.raises(BadDataError, match=r"truncated\.tar.*on_bad_sample=stop"):
-        _take([bad_dir["truncated"]], on_bad_sample="stop")
+        _take([bad_dir["truncated"]], counts=[n], steps=n, on_bad_sample="stop")
 
 
 def test_sample_with_missing_member_skipped_or_stopped(bad_dir, capfd):
-    assert len(_take([bad_dir["missing"]], on_bad_sample="skip", n_batches=3)) == 3
+    assert len(_take([bad_dir["missing"]], on_bad_sample="skip", steps=3)) == 3
     err = capfd.readouterr().err
     assert "missing-key.tar" in err and bad_dir["missing_key"] in err and "missing 'flac'" in err
     with pytest.raises(BadDataError, match=r"missing-key\.tar.*missing 'flac'"):
@@ -395,8 +399,8 @@ def test_val_reader_skips_bad_shards_too(bad_dir):
 def test_nothing_decodable_fails_instead_of_spinning(tmp_path):
     junk = tmp_path / "junk.tar"
     junk.write_bytes(os.urandom(4096))
-    with pytest.raises(BadDataError, match=r"in a row.*junk\.tar"):
-        _take([str(junk)], on_bad_sample="skip")
+    with pytest.raises(BadDataError, match=r"no readable clip in the train split.*junk\.tar"):
+        _take([str(junk)], counts=[5], on_bad_sample="skip")
 
 
 def test_policy_counts_and_logs_each_problem_once(capsys):
@@ -424,7 +428,7 @@ def test_pickle_members_in_a_shard_are_never_unpickled(tmp_path, shards):
     members["zzevil.pickle"] = payload  # a sample that is nothing but a pickle
     members["zzevil.json"] = b'{"schema_version": 1, "kind": "audio", "length": 1, "num_samples": 1}'
     shard = _tar(tmp_path / "hostile.tar", members)
-    assert len(_take([str(shard)], n_batches=3)) == 3
+    assert len(_take([str(shard)], steps=3)) == 3
     assert val_batches([str(shard)], n_batches=3, batch_size=1, examples=MU_LAW_256)
     with pytest.raises(SampleError):
         decode_sample({"__key__": "zzevil", "pickle": payload, "pyd": payload})
@@ -448,7 +452,7 @@ def test_reader_never_extracts_members_to_disk(tmp_path, shards, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     shard = _tar(tmp_path / "escape.tar", members)
-    assert len(_take([str(shard)], n_batches=3)) == 3
+    assert len(_take([str(shard)], steps=3)) == 3
     assert not escape.exists() and list(work.iterdir()) == []
 
 
