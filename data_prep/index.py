@@ -3,8 +3,8 @@
 webdataset 1.0.2 reads a shard front to back and has no indexed reader. A global sample order (any
 clip of any shard at any step: the same clips in a step whatever the number of workers) needs random
 access, so each shard gets an index: its sample keys in order and, per member extension, the byte
-offset and size of the member's data. The shard writer records it as it writes (a sidecar
-``shard-000000.tar.idx.json``, listed in the manifest); for shards without one, ``scan_shard`` reads
+offset and size of the member's data (data_prep.member_index). The shard writer records it as it
+writes (a sidecar ``shard-000000.tar.idx.json`` beside the shard); for shards without one, ``scan_shard`` reads
 the tar headers once (a shard is read through, so on object storage it costs one download).
 
 A sample's members are adjacent in the tar (sorted by extension: ``KEY.flac`` then ``KEY.json``), so
@@ -13,76 +13,11 @@ Member names pass the same safety check as the streaming reader's.
 """
 from __future__ import annotations
 
-import json
 import tarfile
-from dataclasses import dataclass
 
 from . import storage
+from .member_index import INDEX_SUFFIX, INDEX_VERSION, IndexBuilder, ShardIndex, index_path  # noqa: F401
 from .tarshard import TarMemberError, check_member_name
-
-INDEX_SUFFIX = ".idx.json"
-INDEX_VERSION = 1
-
-
-def index_path(shard: str) -> str:
-    return f"{shard}{INDEX_SUFFIX}"
-
-
-@dataclass(frozen=True)
-class ShardIndex:
-    """keys[i] is sample i's key; fields[ext][i] = (offset, size) of the data of member ``KEY.ext``, or
-    None when sample i has no such member. `error`: why a scan stopped early (a truncated or damaged
-    shard: the samples before the break are indexed, the rest are missing)."""
-
-    keys: tuple[str, ...]
-    fields: dict[str, tuple[tuple[int, int] | None, ...]]
-    error: str | None = None
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def to_json(self) -> str:
-        return json.dumps({"version": INDEX_VERSION, "keys": list(self.keys),
-                           "fields": {ext: [None if p is None else list(p) for p in pos]
-                                      for ext, pos in self.fields.items()}},
-                          separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str, where: str) -> "ShardIndex":
-        try:
-            raw = json.loads(text)
-            keys = tuple(str(k) for k in raw["keys"])
-            fields = {str(ext): tuple(None if p is None else (int(p[0]), int(p[1])) for p in pos)
-                      for ext, pos in raw["fields"].items()}
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{where}: not a shard index ({type(e).__name__}: {e})") from None
-        if raw.get("version") != INDEX_VERSION or any(len(p) != len(keys) for p in fields.values()):
-            raise ValueError(f"{where}: shard index of version {raw.get('version')!r} with {len(keys)} keys and "
-                             f"field lengths { {e: len(p) for e, p in fields.items()} } is not usable")
-        return cls(keys, fields)
-
-
-class IndexBuilder:
-    """Collects (key, ext, data offset, size) as a writer adds members, in order."""
-
-    def __init__(self):
-        self.keys: list[str] = []
-        self.fields: dict[str, list[tuple[int, int]]] = {}
-
-    def add(self, key: str, ext: str, offset: int, size: int) -> None:
-        """A member; members of one sample are adjacent (webdataset's grouping), any may be missing."""
-        if not self.keys or self.keys[-1] != key:
-            self.keys.append(key)
-        pos = self.fields.setdefault(ext, [])
-        pos.extend([None] * (len(self.keys) - 1 - len(pos)))
-        if len(pos) == len(self.keys):
-            raise ValueError(f"sample {key!r}: member .{ext} appears twice")
-        pos.append((offset, size))
-
-    def build(self, error: str | None = None) -> ShardIndex:
-        n = len(self.keys)
-        return ShardIndex(tuple(self.keys), {e: tuple(p) + (None,) * (n - len(p)) for e, p in self.fields.items()},
-                          error)
 
 
 def scan_shard(shard: str) -> ShardIndex:

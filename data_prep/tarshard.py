@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from . import storage
+from .member_index import IndexBuilder, index_path
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 TMP_SUFFIX = ".tmp"
@@ -70,8 +71,6 @@ class AtomicShardWriter:
         self._path = self.dir / SHARD_PATTERN.format(len(self.shards))
         self._file = _HashingFile(self._path.with_name(self._path.name + TMP_SUFFIX))
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
-        from .index import IndexBuilder  # noqa: PLC0415  (data_prep.index imports this module)
-
         self._index = IndexBuilder()
         self._count = 0
         self._est = 1024 + tarfile.RECORDSIZE  # end-of-archive blocks + worst-case record padding
@@ -79,8 +78,6 @@ class AtomicShardWriter:
     def _finish(self) -> None:
         self._tar.close()
         self._file.close()
-        from .index import index_path  # noqa: PLC0415
-
         # the member offsets beside the shard (random access for the global sample order), complete
         # before the shard itself appears
         side = Path(index_path(str(self._path)))
