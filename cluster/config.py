@@ -10,7 +10,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from sashimi.config import SaShiMiConfig
+from sashimi.config import DiffWaveConfig, SaShiMiConfig, UNetConfig
+from sashimi.digit_classifier import DigitClassifierConfig
 
 from .logs import log
 
@@ -109,11 +110,21 @@ class FailureConfig:
 
 
 @dataclass(frozen=True)
+class Sc09MetricsConfig:
+    """eval.sc09_metrics: sample-quality metrics of generated clips at each evaluation (FID, IS, mIS, AM,
+    sashimi.sample_metrics) with a digit classifier trained by sashimi-train (task: classify, model.arch)."""
+
+    classifier: str  # the classifier's checkpoint (local path or URI)
+    samples: int = 256  # clips generated and scored at each evaluation (rank 0)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     every: int = 500
     val_batches: int = 8
     val_batch_size: int = 1
     generate_samples: int = 16000  # length of the audio clip logged each evaluation; 0 = none
+    sc09_metrics: Optional[Sc09MetricsConfig] = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +139,7 @@ class JobConfig:
     # Both tasks' models are configured by SaShiMiConfig (the classifier ignores pool/expand/unet); parsed
     # once, in job_from_dict, with l_max defaulting to data.crop (SaShiMiConfig.weight_keys says which of
     # its keys a resumed checkpoint must agree on).
-    model: SaShiMiConfig = field(default_factory=SaShiMiConfig)
+    model: object = field(default_factory=SaShiMiConfig)  # the task's model config (model_config_class)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -141,6 +152,9 @@ class JobConfig:
     # "generate": SaShiMi next-token training; "classify": the S4 sequence classifier
     # (sashimi.classifier) on labelled samples, scored on the test split at the end. Both run through
     # sashimi-train; what differs is a plug-in in cluster/tasks/ (registered there by this name).
+    # "diffusion": the non-causal SaShiMi as DiffWave's noise predictor (sashimi.diffwave), its `model:`
+    # section a DiffWaveConfig. "classify" with `model.arch` (conv | s4_mel | s4_wave): the digit classifier
+    # of the SC09 metrics on 1 s waveforms (sashimi.digit_classifier, a DigitClassifierConfig).
     task: Literal["generate", "classify"] = "generate"
 
     def global_batch(self, world: int) -> int:
@@ -196,6 +210,7 @@ _CHECKS = {
     "eval.val_batches": (lambda v: v >= 0, ">= 0"),
     "eval.val_batch_size": (lambda v: v >= 1, ">= 1"),
     "eval.generate_samples": (lambda v: v >= 0, ">= 0"),
+    "eval.sc09_metrics.samples": (lambda v: v >= 10, ">= 10 (at least as many clips as digit classes)"),
     "logging.every": (lambda v: v >= 1, ">= 1"),
     "name": (lambda v: bool(v) and "/" not in v and not v.startswith("."), "a non-empty name without '/'"),
 }
@@ -274,7 +289,7 @@ def job_from_dict(raw: Any, where: str = "<job>") -> JobConfig:
         raise JobConfigError(f"{where}: top level: expected a mapping, got {type(raw).__name__}")
     raw = _without_retired_keys(raw, where)
     job = _build(JobConfig, {k: v for k, v in raw.items() if k != "model"}, "", where)
-    job = dataclasses.replace(job, model=_model_config(raw.get("model", {}), job.data.crop, where),
+    job = dataclasses.replace(job, model=_model_config(raw.get("model", {}), job.data.crop, where, job.task),
                               scaling=dataclasses.replace(job.scaling, num_workers=_num_workers(job, where)))
     _check_global_batch(job, where)
     if job.scaling.use_gpu is False and job.scaling.resources_per_worker.get("GPU"):
@@ -329,19 +344,29 @@ def _check_global_batch(job: JobConfig, where: str) -> None:
                              f"at {s.max_workers} workers some would get no clip")
 
 
-def _model_config(raw: Any, crop: int | None, where: str) -> SaShiMiConfig:
-    """The `model:` section as a SaShiMiConfig (sashimi owns its keys and names a bad one itself)."""
+def model_config_class(task: str, raw: dict) -> type:
+    """The config class of a job's `model:` section: what the task's model is built from."""
+    if task == "diffusion":
+        return DiffWaveConfig
+    if task == "classify" and "arch" in raw:
+        return DigitClassifierConfig
+    return SaShiMiConfig
+
+
+def _model_config(raw: Any, crop: int | None, where: str, task: str = "generate"):
+    """The `model:` section as the task's model config (sashimi owns its keys and names a bad one itself)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise JobConfigError(f"{where}: model: expected a mapping, got {type(raw).__name__}")
     raw = dict(raw)
-    if "l_max" not in raw and crop:
+    cls = model_config_class(task, raw)
+    if issubclass(cls, UNetConfig) and "l_max" not in raw and crop:
         # The DPLR kernel is defined at l_max; training at exactly that length is cheapest and
         # other lengths stay exact. Written into the job, so checkpoints record it.
         raw["l_max"] = int(crop)
     try:
-        return SaShiMiConfig.from_dict(raw)
+        return cls.from_dict(raw)
     except (ValueError, TypeError) as e:
         msg = str(e) if "model" in str(e) else f"model: {e}"
         raise JobConfigError(f"{where}: {msg}") from e
