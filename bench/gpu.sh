@@ -15,7 +15,7 @@
 #                       generation == eager, the Trainer on CUDA (tests/sashimi/test_gpu.py, tests/cluster/test_gpu_trainer.py)
 #   b. trainer          bench/gpu_trainer.py: the Trainer without Ray, NCCL at world size 1, quickstart model
 #                       fp32/bf16/fp16 for 300 steps; exact resume; 2 ranks sharing the GPU over gloo
-#   c. bench-ours       python -m sashimi.bench --device cuda: training at L 16000/128000, batch 1/8, fp32/bf16;
+#   c. bench-ours       python -m bench.model --device cuda: training at L 16000/128000, batch 1/8, fp32/bf16;
 #                       generation at batch 1/16/256 (compiled and eager); each against its roofline bound
 #      bench-official   bench/official_sashimi.py: the paper's own SaShiMi (.carry/peer/s4) timed the same way
 #      bench-compiled   ours and the official with torch.compile at L 16000, batch 8 (compiling is slow: last)
@@ -144,7 +144,7 @@ cp "$SCRATCH/trainer/results.json" "$OUT_DIR/trainer.json" 2>/dev/null
 
 # c. the model benchmark, ours and the paper's own, eager first, compiled last
 if [ "$CUDA" = 1 ]; then
-    want bench && part bench-ours "${T_BENCH:-170}" "$PY" -m sashimi.bench --device cuda --out "$JSONL" --precisions fp32,bf16 \
+    want bench && part bench-ours "${T_BENCH:-170}" "$PY" -m bench.model --device cuda --out "$JSONL" --precisions fp32,bf16 \
         --lengths 16000,128000 --batches 1,8 --gen-batches 1,16,256 --gen-modes eager,compiled --gen-samples 1024 \
         --time-budget $((${T_BENCH:-170} - 40))
     if ! want official; then
@@ -156,12 +156,12 @@ if [ "$CUDA" = 1 ]; then
     else
         say "bench-official: skipped (no $S4: bash bench/gpu_carry.sh PATH/TO/state-spaces-s4)"
     fi
-    want compiled && part bench-compiled "${T_COMPILED:-150}" bash -c "'$PY' -m sashimi.bench --device cuda --out '$JSONL' \
+    want compiled && part bench-compiled "${T_COMPILED:-150}" bash -c "'$PY' -m bench.model --device cuda --out '$JSONL' \
         --precisions compiled --lengths 16000 --batches 8 --gen-batches '' --time-budget 60 && \
         { [ ! -d '$S4' ] || '$PY' bench/official_sashimi.py --s4 '$S4' --out '$JSONL' --precisions compiled \
           --lengths 16000 --batches 8 --gen-batches '' --time-budget 40; }"
 else
-    want bench && part bench-ours 60 "$PY" -m sashimi.bench --device cuda --out "$JSONL"  # says it skips, exits 0
+    want bench && part bench-ours 60 "$PY" -m bench.model --device cuda --out "$JSONL"  # says it skips, exits 0
     want official && [ -d "$S4" ] && part bench-official "${T_OFFICIAL:-240}" "$PY" bench/official_sashimi.py --s4 "$S4" --device cpu \
         --out "$JSONL" --precisions fp32 --lengths 1024 --batches 1 --gen-batches 1 --gen-samples 16 --train-steps 1
 fi

@@ -1,5 +1,5 @@
 """The paper's own SaShiMi (state-spaces/s4, standalone `models/sashimi/sashimi.py` + `models/s4/s4.py`,
-run unmodified from a checkout outside this repository) timed exactly as `python -m sashimi.bench
+run unmodified from a checkout outside this repository) timed exactly as `python -m bench.model
 --device cuda` times ours: the side-by-side figure of bench/gpu.sh.
 
     python bench/official_sashimi.py --s4 PATH/TO/state-spaces-s4 [--device cuda] [--lengths 16000]
@@ -8,7 +8,7 @@ run unmodified from a checkout outside this repository) timed exactly as `python
 The model is the paper's 8-layer SaShiMi as its SC09 / YouTubeMix configs build it (d_model 64, 8 S4 +
 8 FF blocks per tier, pool [4, 4], expand 2, ff 2, N 64, DPLR `mode: nplr`, `init: legs`, `n_ssm: 1`,
 GLU outputs), wrapped in the same 256-token embedding and linear head that ours has, so the parameter
-count is printed beside ours. Training goes through `sashimi.bench_cuda.time_training` (our timing
+count is printed beside ours. Training goes through `bench.model_cuda.time_training` (our timing
 loop: warm-up, median of timed steps, synchronised, peak memory), with plain AdamW. Generation is the
 official recurrent mode: `setup_rnn('diagonal')` (its fastest, per its docstring) and a Python loop of
 `model.step` with the embedding, head and a multinomial draw per sample, at each batch size.
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     import torch
 
     from sashimi import SaShiMi, SaShiMiConfig
-    from sashimi.bench_cuda import time_training
+    from bench.model_cuda import time_training
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is present; skipping the official SaShiMi benchmark")

@@ -53,7 +53,7 @@ class FFBlock(nn.Module):
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` at inference (no dropout) in functional calls, for step mode (see S4Block.step).
-        ``forward`` keeps its module calls: sashimi.roofline counts the nn.Linear calls with hooks."""
+        ``forward`` keeps its module calls: bench.roofline counts the nn.Linear calls with hooks."""
         n = self.norm
         h = F.gelu(F.linear(F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps), self.fc1.weight,
                             self.fc1.bias))

@@ -135,7 +135,7 @@ def test_compiled_steps_equal_eager_steps_on_cuda():
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the no-CUDA path")
 def test_bench_device_cuda_skips_without_cuda(tmp_path, capsys):
-    from sashimi import bench
+    from bench import model as bench
 
     out = tmp_path / "bench.jsonl"
     assert bench.main(["--device", "cuda", "--out", str(out)]) == 0
@@ -145,7 +145,7 @@ def test_bench_device_cuda_skips_without_cuda(tmp_path, capsys):
 
 def test_roofline_arithmetic_counts_the_model():
     """The hook-based counts on a one-tier model whose linear layers are known by hand."""
-    from sashimi import roofline
+    from bench import roofline
 
     cfg = dict(d_model=8, n_layers=1, d_state=8, pool=[], ff=2)
     ar = roofline.model_arithmetic(cfg, "cpu", L0=256)

@@ -1,6 +1,6 @@
 """Benchmark the SSM kernels alone: forward + backward time and peak memory, S4D vs DPLR.
 
-    python -m sashimi.kernel_bench [--lengths 4096,16000,128000] [--channels 64] [--state 64]
+    python -m bench.kernels [--lengths 4096,16000,128000] [--channels 64] [--state 64]
 
 Implementations (one kernel layer of H channels, N states, float32 result, gradient of <G, K>):
   dplr        DPLRKernel (Cauchy sums + Woodbury at the roots of unity, chunked backend on CPU)
@@ -117,7 +117,7 @@ def _fits(impl, H, N, L) -> tuple[bool, float]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sashimi.kernel_bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="4096,16000,128000")
     ap.add_argument("--channels", type=int, default=64, help="H")
     ap.add_argument("--state", type=int, default=64, help="N (N/2 stored conjugate pairs)")

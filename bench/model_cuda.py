@@ -1,5 +1,5 @@
-"""``python -m sashimi.bench --device cuda``: training and generation on one GPU, each figure printed
-beside its roofline bound (sashimi.roofline); ``--roofline-only``: the bound's arithmetic alone."""
+"""``python -m bench.model --device cuda``: training and generation on one GPU, each figure printed
+beside its roofline bound (bench.roofline); ``--roofline-only``: the bound's arithmetic alone."""
 from __future__ import annotations
 
 import time

@@ -1,6 +1,6 @@
 """Benchmark the Cauchy backends: time, peak memory and error against a float64 reference.
 
-    python -m sashimi.cauchy -l 64000 [--channels 64] [--state 64] [--backward]
+    python -m bench.cauchy -l 64000 [--channels 64] [--state 64] [--backward]
 
 Each backend runs in its own child process so its peak RSS is its own; a backend that would
 not fit in memory is reported as skipped rather than taking the machine down.
@@ -56,7 +56,7 @@ def _child(backend, H, N2, L, M, backward, q):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sashimi.cauchy", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.cauchy", description=__doc__.splitlines()[0])
     ap.add_argument("-l", "--length", type=int, default=64000, help="sequence length L (K = L/2+1 points)")
     ap.add_argument("--channels", type=int, default=64, help="H")
     ap.add_argument("--state", type=int, default=64, help="N (N/2 stored conjugate pairs)")

@@ -1,6 +1,6 @@
 """The roofline of the paper's SaShiMi on a GPU: the model's FLOPs and bytes per sample (counted by
 hooks on a real forward) against a GPU's peak FLOP/s and memory bandwidth. Used by the CUDA bench
-(sashimi.bench_cuda) and by ``python -m sashimi.bench --roofline-only`` (no GPU needed)."""
+(bench.model_cuda) and by ``python -m bench.model --roofline-only`` (no GPU needed)."""
 from __future__ import annotations
 
 # Dense (no sparsity) peak throughput and memory bandwidth per GPU, from the vendors' data sheets.

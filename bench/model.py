@@ -1,9 +1,9 @@
 """Model benchmark for the paper's 8-layer SaShiMi on this machine.
 
-    python -m sashimi.bench [--kernel dplr|s4d] [--lengths 4096,16000] [--gen-batches 1,16]
-    python -m sashimi.bench --device cuda [--lengths 16000,128000] [--batches 1,8]
+    python -m bench.model [--kernel dplr|s4d] [--lengths 4096,16000] [--gen-batches 1,16]
+    python -m bench.model --device cuda [--lengths 16000,128000] [--batches 1,8]
                             [--precisions fp32,bf16,compiled] [--gen-batches 1,16,256] [--out FILE.jsonl]
-    python -m sashimi.bench --roofline-only      (the model's FLOPs and bytes per sample; no GPU needed)
+    python -m bench.model --roofline-only      (the model's FLOPs and bytes per sample; no GPU needed)
 
 Training: forward + backward + AdamW at batch 1, samples/s and the child process's peak RSS.
 Generation: multi-rate step mode, samples/s per batch size (total over the batch), with
@@ -23,7 +23,7 @@ import multiprocessing as mp
 import resource
 import time
 
-from .bench_cuda import main_cuda, main_roofline
+from .model_cuda import main_cuda, main_roofline
 
 
 def _train(cfg_dict, L, steps, threads, q):
@@ -103,7 +103,7 @@ def _run(target, *args):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sashimi.bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__.splitlines()[0])
     ap.add_argument("--kernel", default="dplr", choices=["dplr", "s4d"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="cpu: the CPU bench below (unchanged); cuda: the GPU bench against the roofline")

@@ -1,4 +1,0 @@
-"""python -m sashimi.cauchy: see bench.py."""
-from .bench import main
-
-main()
