@@ -121,11 +121,13 @@ def conform(wave: np.ndarray, rate: int, target_rate: int, length: int) -> tuple
 
 def score_clips(clips, sample_rate: int, judge: Judge, metrics: tuple[str, ...] = ALL_METRICS,
                 seconds: dict | None = None) -> dict:
-    """The sample-quality metrics of `clips` ((N, L) float waveforms in [-1, 1] at `sample_rate`; clips at
-    another rate are resampled to the judge's and every clip is cropped or zero-padded to 1 s) against the
-    judge's reference set. Returns {metric: value for `metrics`, "clips": N, "class_counts": how many clips
+    """The sample-quality metrics of `clips` ((N, L) float waveforms in [-1, 1] at `sample_rate`, a numpy
+    array or a tensor on any device; clips at another rate are resampled to the judge's and every clip is
+    cropped or zero-padded to 1 s) against the judge's reference set. Returns {metric: value for `metrics`, "clips": N, "class_counts": how many clips
     the classifier assigns to each digit}. `seconds`, when given, receives the time of the classifier
     ("classify") and of each metric. Sc09Error for fewer clips than the classifier has classes."""
+    if torch.is_tensor(clips):
+        clips = clips.detach().float().cpu().numpy()
     x = np.asarray(clips, dtype=np.float32)
     if x.ndim != 2:
         raise Sc09Error(f"score_clips: expected (clips, samples) waveforms, got shape {x.shape}")

@@ -212,6 +212,7 @@ def test_folder_scores_as_score_clips_does_and_reports_bad_files(classifier, ton
     want = sc09.score_clips(np.stack(clips), 16000, judge)
     for k in sample_metrics.METRICS:
         assert r["scores"][k] == pytest.approx(want[k], rel=1e-9, abs=1e-9), k
+    assert sc09.score_clips(torch.from_numpy(np.stack(clips)), 16000, judge) == want  # a tensor: the same
     # the real test clips against the train split: the classifier's own features, so a near-perfect set
     assert r["scores"]["is"] > 5 and r["scores"]["am"] < 1
 
