@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from sashimi.augment import AugmentConfig
 from sashimi.config import DiffWaveConfig, SaShiMiConfig, UNetConfig
 from sashimi.digit_classifier import DigitClassifierConfig
 
@@ -32,6 +33,9 @@ class DataConfig:
     loader_workers: int = 2
     demo_minutes: Optional[float] = None  # if set and the shards are missing, build the demo corpus there
     on_bad_sample: Literal["skip", "stop"] = "skip"  # truncated shard / undecodable sample: log + skip, or fail
+    # the digit classifier (task classify, model.arch) only: time shift, gain and noise on every training clip
+    # (sashimi.augment.AugmentConfig; {} = its defaults), drawn from the example's own seed (exact resume)
+    augment: Optional[AugmentConfig] = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class TrainingConfig:
     tf32: bool = True  # TF32 fp32 matmuls on CUDA (Ampere and newer); false: full fp32 products
     compile: bool = False  # run the training forward under torch.compile (measured: docs/benchmarks.md)
     max_nonfinite_steps: int = 10  # NaN/Inf loss or gradients: skip the step; stop after this many in a row
+    label_smoothing: float = 0.0  # task classify: cross-entropy against (1 - e) one-hot + e uniform (training only)
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,7 @@ _CHECKS = {
     "training.grad_accum": (lambda v: v >= 1, ">= 1"),
     "training.clip_norm": (lambda v: v is None or v > 0, "> 0 or null"),
     "training.max_nonfinite_steps": (lambda v: v >= 1, ">= 1"),
+    "training.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "data.crop": (lambda v: v is None or v >= 2, ">= 2 or null"),
     "data.loader_workers": (lambda v: v >= 0, ">= 0"),
     "data.demo_minutes": (lambda v: v is None or v > 0, "> 0 or null"),
@@ -280,7 +286,10 @@ def _build(cls, raw: Any, prefix: str, where: str):
         kwargs[name] = _coerce(raw[name], hints[name], key, where)
         if key in _CHECKS and not _CHECKS[key][0](kwargs[name]):
             raise JobConfigError(f"{where}: {key}: must be {_CHECKS[key][1]}, got {kwargs[name]!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a section's own checks (sashimi's configs validate themselves)
+        raise JobConfigError(f"{where}: {prefix or 'top level'}: {e}") from None
 
 
 def job_from_dict(raw: Any, where: str = "<job>") -> JobConfig:
@@ -292,6 +301,7 @@ def job_from_dict(raw: Any, where: str = "<job>") -> JobConfig:
     job = dataclasses.replace(job, model=_model_config(raw.get("model", {}), job.data.crop, where, job.task),
                               scaling=dataclasses.replace(job.scaling, num_workers=_num_workers(job, where)))
     _check_global_batch(job, where)
+    _check_task_options(job, where)
     if job.scaling.use_gpu is False and job.scaling.resources_per_worker.get("GPU"):
         raise JobConfigError(f"{where}: scaling.resources_per_worker: asks for GPU but scaling.use_gpu is false")
     for k, v in job.scaling.resources_per_worker.items():
@@ -342,6 +352,19 @@ def _check_global_batch(job: JobConfig, where: str) -> None:
         raise JobConfigError(f"{where}: training.global_batch {g} cannot be split over scaling.num_workers "
                              f"{s.num_workers if isinstance(s.num_workers, int) else list(s.num_workers)}: "
                              f"at {s.max_workers} workers some would get no clip")
+
+
+def _check_task_options(job: JobConfig, where: str) -> None:
+    """Options that only some tasks use are refused elsewhere, naming the key (not silently ignored)."""
+    if job.data.augment is not None and not isinstance(job.model, DigitClassifierConfig):
+        raise JobConfigError(f"{where}: data.augment: waveform augmentation is for the digit classifier only "
+                             f"(task: classify with model.arch), not task {job.task!r} with this model section")
+    if job.training.label_smoothing and job.task != "classify":
+        raise JobConfigError(f"{where}: training.label_smoothing: only task classify trains on labels "
+                             f"(this job is task {job.task!r})")
+    if job.eval.sc09_metrics is not None and (job.task == "classify" or job.data.quantization == "none"):
+        raise JobConfigError(f"{where}: eval.sc09_metrics: scores generated audio clips; task {job.task!r} with "
+                             f"data.quantization {job.data.quantization!r} generates none")
 
 
 def model_config_class(task: str, raw: dict) -> type:

@@ -70,3 +70,18 @@ def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = Au
     rms = y.pow(2).mean(1).sqrt()
     std = torch.where(noisy, rms * 10 ** (-snr.to(x.dtype) / 20), torch.zeros_like(rms))
     return (y + std[:, None] * noise).clamp(-1.0, 1.0)
+
+
+def augment_each(x: torch.Tensor, seeds, cfg: AugmentConfig = AugmentConfig(), sample_rate: int = 16000
+                 ) -> torch.Tensor:
+    """(B, L) waveforms -> augmented copies, row i drawn from its own generator seeded ``seeds[i]``: an
+    example's augmentation then depends on its seed alone, not on which batch or rank it landed in (the
+    trainer splits a global batch differently at each world size)."""
+    if x.ndim != 2:
+        raise ValueError(f"augment_each: expected (batch, samples), got shape {tuple(x.shape)}")
+    seeds = [int(s) for s in (seeds.tolist() if torch.is_tensor(seeds) else seeds)]
+    if len(seeds) != x.shape[0]:
+        raise ValueError(f"augment_each: {len(seeds)} seeds for {x.shape[0]} waveforms")
+    rows = [augment(x[i:i + 1], torch.Generator(device=x.device).manual_seed(s), cfg, sample_rate)
+            for i, s in enumerate(seeds)]
+    return torch.cat(rows) if rows else x.clone()

@@ -75,6 +75,15 @@ class DigitClassifierConfig:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         object.__setattr__(self, "pool", tuple(int(p) for p in self.pool))
 
+    def weight_keys(self) -> tuple[str, ...]:
+        """The keys a checkpoint must agree on to be resumed: those that shape this arch's weights or say
+        what they mean (the mel front end's rate, FFT, hop and floor; the S4 kernel, whose length follows
+        the rate and hop). dropout never does, and keys another arch reads do not concern this one."""
+        keys = ("arch", "n_labels", "sample_rate")
+        mel = ("n_mels", "n_fft", "hop", "top_db")
+        s4 = ("d_model", "n_layers", "d_state", "kernel")
+        return keys + {"conv": mel + ("channels",), "s4_mel": mel + s4, "s4_wave": s4 + ("stem", "pool")}[self.arch]
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["channels"], d["pool"] = list(self.channels), list(self.pool)

@@ -1,13 +1,12 @@
-"""Whether a checkpoint may be resumed by a job: same task, the same weights (the model keys that
-`SaShiMiConfig.weight_keys` names), same quantisation. Keys that only draw the initial weights or pick
-an implementation (the Cauchy backend, dropout, an S4D model's l_max) may change between attempts."""
+"""Whether a checkpoint may be resumed by a job: same task, the same weights (the model keys that the
+task's model config names in `weight_keys()`: SaShiMiConfig, DiffWaveConfig, DigitClassifierConfig),
+same quantisation. Keys that only draw the initial weights or pick an implementation (the Cauchy
+backend, dropout, an S4D model's l_max) may change between attempts."""
 from __future__ import annotations
 
 import os
 
-from sashimi.config import SaShiMiConfig
-
-from ..config import task_name
+from ..config import model_config_class, task_name
 
 COMPARED_JOB_KEYS = ("data.quantization",)  # besides the task and the model's weight keys
 # Compared when a run resumes its own checkpoint (not when a new run branches off one): a step of the run
@@ -20,11 +19,11 @@ class CheckpointMismatchError(ValueError):
 
 
 def _model_of(job: dict) -> tuple[dict, tuple[str, ...]]:
-    """(the model section normalised through SaShiMiConfig, so defaults spelled out or omitted compare
-    equal; its weight keys). A section that does not parse is compared key by key."""
+    """(the model section normalised through the task's model config class, so defaults spelled out or
+    omitted compare equal; its weight keys). A section that does not parse is compared key by key."""
     raw = dict(job.get("model") or {})
     try:
-        config = SaShiMiConfig.from_dict(raw)
+        config = model_config_class(task_name(job), raw).from_dict(raw)
     except (ValueError, TypeError):
         return raw, tuple(raw)
     return config.to_dict(), config.weight_keys()

@@ -17,6 +17,7 @@ from .format import CheckpointError, WrongTaskError, job_of
 from .store import state_file, validate_checkpoint
 
 CLASSIFY_HINT = "score it with `python -m cluster.tools.mnist_demo classify-eval CHECKPOINT --data SHARDS`"
+DIGIT_CLASSIFIER_HINT = "it is a digit classifier: judge samples with `sashimi-eval --metrics sc09 --classifier CHECKPOINT SOURCE`"
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -28,14 +29,18 @@ class LoadedCheckpoint(NamedTuple):
 
 
 def load_checkpoint(path: str | os.PathLike, task: str = "generate", map_location="cpu") -> LoadedCheckpoint:
-    """The checkpoint at `path` (its directory or state.pt), for a tool that uses `task`'s model
-    (SaShiMi for "generate", S4Classifier for "classify"). Raises CheckpointError naming the file:
-    missing, torn, another format version, the other task, weights that do not fit the stored config."""
+    """The checkpoint at `path` (its directory or state.pt), for a tool that uses `task`'s model (SaShiMi
+    for "generate"; for "classify" the S4Classifier, or the DigitClassifier of a job with model.arch).
+    Raises CheckpointError naming the file: missing, torn, another format version, the other task,
+    weights that do not fit the stored config."""
     file = state_file(path)
     state = validate_checkpoint(path, map_location)
     stored = job_of(state)
     if task_name(stored) != task:
-        hint = CLASSIFY_HINT if task_name(stored) == "classify" else "it holds a SaShiMi generative model"
+        if task_name(stored) == "classify":
+            hint = DIGIT_CLASSIFIER_HINT if "arch" in (stored.get("model") or {}) else CLASSIFY_HINT
+        else:
+            hint = "it holds a SaShiMi generative model"
         raise WrongTaskError(f"{path}: a task {task_name(stored)!r} checkpoint (job {stored.get('name')!r}), "
                              f"not a {task!r} one; {hint}")
     try:

@@ -43,6 +43,7 @@ def prepare(job: JobConfig, where: str, fresh: bool = False) -> WorkerConfig:
         storage.remove(run_dir.root, recursive=True)
     stops.clear(run_dir)
     check_resume_compatible(job, run_dir.root, where)
+    check_sc09_classifier(job, where)
     if job.checkpoint.init_from:
         check_init_from(job, where)
     return WorkerConfig(job, data)
@@ -88,6 +89,10 @@ def resolve_paths(job: JobConfig, where: str = "<job>") -> JobConfig:
                 f"{submitted}: it runs in a copy of that folder on the cluster, where {value!r} {why}. Give {key} "
                 f"as a URI or an absolute path every node mounts, e.g. {key}=s3://bucket/{value}")
         job = _with(job, key, str(path.resolve()))
+    sc09 = job.eval.sc09_metrics
+    if sc09 is not None and not is_uri(sc09.classifier):  # read by rank 0, whose cwd is not the driver's
+        job = dataclasses.replace(job, eval=dataclasses.replace(job.eval, sc09_metrics=dataclasses.replace(
+            sc09, classifier=str(Path(sc09.classifier).expanduser().resolve()))))
     return job
 
 
@@ -131,6 +136,7 @@ def read_manifest(job: JobConfig, where: str = "<job>") -> dict:
 def train_data(job: JobConfig, manifest: dict, where: str = "<job>") -> TrainData:
     """Shard lists (each shard checked to exist), the sample rate and, for a task that scores one at the
     end, the test split, from the manifest; JobConfigError naming the key."""
+    task_of(job).check_data(manifest, where)
     lists = shard_lists(job, manifest, where)
     test_split, test = (test_split_of(job, manifest, lists["val"], where) if task_of(job).needs_test_split
                         else (None, []))
@@ -192,6 +198,22 @@ def check_resume_compatible(job: JobConfig, run_dir: str, where: str) -> None:
                                  f"from {name_of(d)} would fail: {'; '.join(diff)}. Restore those values, change `name` "
                                  f"for a new run, or pass --fresh to delete this run")
         return
+
+
+def check_sc09_classifier(job: JobConfig, where: str) -> None:
+    """eval.sc09_metrics.classifier must be a digit classifier's checkpoint (task classify, model.arch),
+    checked from its job.json before Ray starts rather than at the first evaluation."""
+    sc09 = job.eval.sc09_metrics
+    if sc09 is None:
+        return
+    try:
+        stored = read_job(sc09.classifier)
+    except CheckpointError as e:
+        raise JobConfigError(f"{where}: eval.sc09_metrics.classifier: {e}") from None
+    if stored.get("task") != "classify" or "arch" not in (stored.get("model") or {}):
+        raise JobConfigError(f"{where}: eval.sc09_metrics.classifier: {sc09.classifier} is not a digit classifier's "
+                             f"checkpoint (task classify with model.arch; it holds task {stored.get('task')!r}, job "
+                             f"{stored.get('name')!r}); train one with jobs/sc09-classifier.yaml")
 
 
 def check_init_from(job: JobConfig, where: str) -> None:

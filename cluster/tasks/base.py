@@ -40,6 +40,9 @@ class EvalContext:
     device: torch.device
     autocast: Callable
     sample_rate: int | None  # of the training data
+    # cluster.checkpoint.load_checkpoint, for a hook that loads another model (eval.sc09_metrics: the digit
+    # classifier that judges generated clips); handed in because the tasks sit below cluster.checkpoint
+    load_checkpoint: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ class Task:
 
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
+
+    def check_data(self, manifest: dict, where: str) -> None:
+        """The driver, before Ray starts: refuse a dataset (its manifest) this task cannot train on, raising
+        JobConfigError naming the file and key. By default any dataset is fine."""
 
     def examples(self) -> Callable[[Sample, random.Random], Batch]:
         """The sample -> example function the data streams apply (picklable: loader workers use it)."""

@@ -1,6 +1,13 @@
-"""task: classify. The S4 sequence classifier (sashimi.classifier.S4Classifier) on labelled samples:
-batches (tokens, mask, labels), loss = cross-entropy (nats) over N_LABELS classes, validation = val
-accuracy and val cross-entropy. After the last step rank 0 scores the whole test split (the val split
+"""task: classify. Two models, picked by the job's model section:
+
+* the S4 sequence classifier (sashimi.classifier.S4Classifier) on token sequences (sequential MNIST):
+  batches (tokens, mask, labels), N_LABELS classes;
+* with `model.arch` (a DigitClassifierConfig), the digit classifier that judges SC09 samples
+  (sashimi.digit_classifier) on 1 s waveforms: batches (waves, augmentation seeds, labels); during
+  training each wave is augmented from its own seed (`data.augment`; validation and test see clean clips).
+
+Loss = cross-entropy (nats; `training.label_smoothing` smooths the training targets only), validation =
+val accuracy and val cross-entropy. After the last step rank 0 scores the whole test split (the val split
 when the dataset has none), logs test/accuracy, and writes <run dir>/test_result.json, which the driver
 prints."""
 from __future__ import annotations
@@ -11,12 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from data_prep import storage
+from sashimi.augment import augment_each
 from sashimi.classifier import S4Classifier
+from sashimi.digit_classifier import DigitClassifier, DigitClassifierConfig
 
+from ..config import JobConfigError
 from ..logs import log
 from ..rundir import RunDir
 from .base import DriverContext, FinishContext, Task
-from .examples import TokenExamples
+from .examples import TokenExamples, WaveExamples
 
 N_LABELS = 10  # digits; classify samples must carry a label in 0..N_LABELS-1
 
@@ -28,19 +38,48 @@ class ClassifyTask(Task):
     plateau_key = "val_loss"
     needs_test_split = True
 
+    def __init__(self, job):
+        super().__init__(job)
+        self.digits = isinstance(job.model, DigitClassifierConfig)  # the waveform digit classifier
+
     def build_model(self) -> torch.nn.Module:
+        if self.digits:
+            return DigitClassifier(self.job.model)
         return S4Classifier(self.job.model, n_labels=N_LABELS)
 
-    def examples(self) -> TokenExamples:
+    def check_data(self, manifest: dict, where: str) -> None:
+        """The digit classifier reads audio at its model.sample_rate: a dataset at another rate is refused."""
+        rate = manifest.get("sample_rate")
+        if self.digits and rate != self.job.model.sample_rate:
+            raise JobConfigError(f"{where}: model.sample_rate: {self.job.model.sample_rate} Hz, but the clips of "
+                                 f"data.shards {self.job.data.shards} are {rate} Hz (shard them at "
+                                 f"--sample-rate {self.job.model.sample_rate}, or set model.sample_rate: {rate})")
+
+    def examples(self) -> TokenExamples | WaveExamples:
+        if self.digits:
+            m = self.job.model
+            return WaveExamples(m.sample_rate, m.sample_rate, m.n_labels)  # 1 s
         return TokenExamples(self.job.data.crop, self.job.data.quantization, N_LABELS)
 
-    def loss_sums(self, model, batch, autocast):
-        """(cross-entropy summed over the clips, in nats; the number of clips)."""
-        tokens, mask, labels = batch
+    def _logits(self, model, inputs, autocast, train: bool) -> torch.Tensor:
+        """float32 logits of a batch's inputs (everything but its labels)."""
+        if self.digits:
+            waves, seeds = inputs
+            if train and self.job.data.augment is not None:
+                waves = augment_each(waves, seeds, self.job.data.augment, self.job.model.sample_rate)
+            with autocast():
+                return model(waves).float()
+        tokens, mask = inputs
         with autocast():
-            logits = model(tokens, mask)
-        return F.cross_entropy(logits.float(), labels, reduction="sum"), torch.tensor(float(labels.numel()),
-                                                                                      device=labels.device)
+            return model(tokens, mask).float()
+
+    def loss_sums(self, model, batch, autocast):
+        """(cross-entropy summed over the clips, in nats, against targets smoothed by
+        training.label_smoothing; the number of clips)."""
+        *inputs, labels = batch
+        logits = self._logits(model, inputs, autocast, train=True)
+        loss = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=self.job.training.label_smoothing)
+        return loss, torch.tensor(float(labels.numel()), device=labels.device)
 
     def units(self, batch) -> int:
         return 1
@@ -51,10 +90,9 @@ class ClassifyTask(Task):
         was_training = model.training
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=device)
-        for tokens, mask, labels in batches:
-            tokens, mask, labels = tokens.to(device), mask.to(device), labels.to(device)
-            with autocast():
-                logits = model(tokens, mask).float()
+        for *inputs, labels in batches:
+            inputs, labels = [t.to(device) for t in inputs], labels.to(device)
+            logits = self._logits(model, inputs, autocast, train=False)
             sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
                                  (logits.argmax(-1) == labels).sum().double(),
                                  torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])

@@ -1,6 +1,6 @@
 """Decoded samples (data_prep.schema.Sample) as model inputs. What an example is belongs to the task:
-token tasks (generate, classify) crop, min-max scale and quantise audio, or take pixels as they are; a
-task on real-valued audio would define its own `examples()` callable. Every one is called as
+token tasks (generate, classify) crop, min-max scale and quantise audio, or take pixels as they are; the
+digit classifier (classify with model.arch) reads the waveform itself (`WaveExamples`). Every one is called as
 `examples(sample, rng)` by the streams (cluster.train.data) and raises SampleError for a sample it
 cannot use, which the stream's bad-data policy then reports and skips, or stops on."""
 from __future__ import annotations
@@ -55,3 +55,30 @@ class TokenExamples:
             raise SampleError(f"sample {sample.key!r}: label {sample.label!r} is not in 0..{self.n_labels - 1} "
                               f"(task classify)")
         return tokens, mask, torch.tensor(sample.label, dtype=torch.int64)
+
+
+@dataclass(frozen=True)
+class WaveExamples:
+    """(waveform float32 (length,), augmentation seed int64 scalar, label int64 scalar) for the digit
+    classifier: the decoded clip as it is (float in [-1, 1], no scaling, no quantisation), its first
+    `length` samples with zeros past its valid prefix. The seed is drawn from the example's RNG (a
+    function of its place in the global order), so the training-time augmentation the task applies to it
+    (sashimi.augment.augment_each) is the same after a resume or at another world size."""
+
+    length: int
+    sample_rate: int
+    n_labels: int
+
+    def __call__(self, sample: Sample, rng: random.Random) -> tuple[torch.Tensor, ...]:
+        if sample.kind != "audio" or sample.sample_rate != self.sample_rate:
+            got = f"{sample.sample_rate} Hz audio" if sample.kind == "audio" else f"a {sample.kind} sample"
+            raise SampleError(f"sample {sample.key!r}: {got}, the digit classifier reads {self.sample_rate} Hz "
+                              f"audio (model.sample_rate)")
+        if sample.label is None or not 0 <= sample.label < self.n_labels:
+            raise SampleError(f"sample {sample.key!r}: label {sample.label!r} is not in 0..{self.n_labels - 1} "
+                              f"(task classify; shard digits with --preset sc09)")
+        n = min(self.length, sample.length, len(sample.data))
+        wave = torch.zeros(self.length, dtype=torch.float32)
+        wave[:n] = torch.from_numpy(np.ascontiguousarray(sample.data[:n], dtype=np.float32))
+        return (wave, torch.tensor(rng.getrandbits(63), dtype=torch.int64),
+                torch.tensor(sample.label, dtype=torch.int64))

@@ -1,12 +1,16 @@
 """task: generate. SaShiMi trained on next-token prediction: batches (tokens, mask), loss = NLL in bits
 per sample, validation = val NLL in bits. Every evaluation logs a generated clip (audio and its
-spectrogram, or a digit image for pixels) to TensorBoard; after training the driver writes a WAV
-sampled from the newest checkpoint."""
+spectrogram, or a digit image for pixels) to TensorBoard, and with eval.sc09_metrics the sample-quality
+metrics of a batch of generated 1 s clips (tasks/sample_quality.py); after training the driver writes a
+WAV sampled from the newest checkpoint."""
 from __future__ import annotations
 
+import sys
 import time
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from sashimi import SaShiMi
 from sashimi.generate import generate
@@ -17,6 +21,9 @@ from ..audio import spectrogram_image, write_wav
 from ..seeds import mix_seed
 from .base import DriverContext, EvalContext, Task
 from .examples import TokenExamples
+from .sample_quality import SampleQuality
+
+SC09_BATCH = 256  # clips generated together for eval.sc09_metrics
 
 
 class GenerateTask(Task):
@@ -24,6 +31,11 @@ class GenerateTask(Task):
     loss_tag, loss_unit = "train/loss_bits", "bits"
     val_keys = ("val_nll_bits",)
     plateau_key = "val_nll_bits"
+
+    def __init__(self, job):
+        super().__init__(job)
+        sc09 = job.eval.sc09_metrics
+        self.sample_quality = SampleQuality(sc09) if sc09 is not None else None
 
     def build_model(self) -> torch.nn.Module:
         return SaShiMi(self.job.model)
@@ -70,11 +82,13 @@ class GenerateTask(Task):
         the on-disk compile cache: its packages are keyed by the weights, which differ at every
         evaluation, so none would ever be loaded again."""
         n, quantization = self.job.eval.generate_samples, self.job.data.quantization
-        if not n:
-            return
         if quantization != "none" and not ctx.sample_rate:
             raise ValueError(f"job {self.job.name!r}: audio ({quantization}) needs the data's sample rate, and the "
                              f"shard manifest of {self.job.data.shards} gives none")
+        if self.sample_quality is not None:
+            self._log_sample_quality(ctx)
+        if not n:
+            return
         t0 = time.perf_counter()
         was_training = ctx.model.training
         ctx.model.eval()
@@ -90,6 +104,16 @@ class GenerateTask(Task):
             ctx.board.audio("generated/audio", wave, ctx.step, ctx.sample_rate)
             ctx.board.image("generated/spectrogram", spectrogram_image(wave), ctx.step, dataformats="HW")
         ctx.board.scalars({"perf/generate_s": time.perf_counter() - t0}, ctx.step)
+
+    def _log_sample_quality(self, ctx: EvalContext) -> None:
+        """eval.sc09_metrics: `samples` clips of 1 s generated in batches (seeded by the step), scored and
+        logged under samples/ (perf/sc09_generate_s: what generating them cost)."""
+        t0 = time.perf_counter()
+        clips, _ = generate_clips(ctx.model, self.sample_quality.cfg.samples, ctx.sample_rate,
+                                  self.job.data.quantization, seed=mix_seed(self.job.seed, ctx.step, 9),
+                                  batch=SC09_BATCH, cache_dir=None)
+        ctx.board.scalars({"perf/sc09_generate_s": time.perf_counter() - t0}, ctx.step)
+        self.sample_quality.log(ctx, clips, ctx.sample_rate)
 
     def after_training(self, ctx: DriverContext) -> list[str]:
         """The final val NLL and a WAV sampled from the newest checkpoint (audio jobs)."""
@@ -111,3 +135,30 @@ def sample_wav(loaded, out_path: str, n_samples: int, seed: int = 0) -> str:
     with torch.no_grad():
         tokens = generate(loaded.model, n_samples, batch=1, seed=seed)[0]
     return write_wav(out_path, dequantize(tokens, loaded.quantization), loaded.sample_rate)
+
+
+def generate_clips(model: SaShiMi, n_clips: int, n_samples: int, quantization: str, seed: int, batch: int = 64,
+                   compile: bool | None = None, cache_dir="default", progress: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """`n_clips` sequences of `n_samples` tokens, in batches of `batch` (batch b seeded mix_seed(seed, b), so
+    the clips do not depend on how many are asked for after them), decoded to waveforms: (float32 (N, L) in
+    [-1, 1], float64 (N,) each clip's log-likelihood in nats under the model, the sum of its tokens' log
+    probabilities as sampled at temperature 1). `compile`: as sashimi.generate (None: when it pays)."""
+    if quantization == "none":
+        raise ValueError("this model generates pixels, not audio clips")
+    was_training = model.training
+    model.eval()
+    clips, loglik = [], []
+    bar = tqdm(total=n_clips, desc="generating clips", unit="clip", file=sys.stderr, disable=not progress)
+    try:
+        for b, start in enumerate(range(0, n_clips, batch)):
+            size = min(batch, n_clips - start)
+            tokens, logp = generate(model, n_samples, batch=size, seed=mix_seed(seed, b), compile=compile,
+                                    cache_dir=cache_dir, return_logprobs=True)
+            clips.append(dequantize(tokens.cpu(), quantization).float().numpy())
+            loglik.append(logp.sum(1).cpu().numpy())
+            bar.update(size)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return np.concatenate(clips), np.concatenate(loglik)

@@ -1,4 +1,5 @@
 """``sashimi-eval``: test-set NLL of a checkpoint, in bits per byte (8-bit token), at full clip length.
+(``sashimi-eval --metrics sc09 ...``: sample quality judged by a digit classifier, cluster/tools/sc09_eval.py.)
 
 Every clip of the split is scored whole (padding excluded through the sample's ``length``), with
 the quantisation the checkpoint was trained with. Sums of (bits, counted samples) are kept per
@@ -27,6 +28,7 @@ from sashimi.quantize import zero_class
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..driver.connect import local_ray_init_kwargs
+from . import sc09_eval
 from ..tasks.examples import tokens_from_sample
 
 
@@ -146,6 +148,9 @@ def summarise(files: dict) -> dict:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="sashimi-eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--metrics", choices=METRICS, default="nll",
+                   help="nll (this): test NLL of a generator; sc09: sample quality by a digit classifier "
+                        "(see sashimi-eval --metrics sc09 --help)")
     p.add_argument("checkpoint", help="checkpoint directory (or its state.pt)")
     p.add_argument("--data", required=True, help="shard directory (sashimi-prep output, with manifest.json)")
     p.add_argument("--split", default="test")
@@ -161,7 +166,15 @@ def parse_args(argv):
     return a
 
 
+METRICS = ("nll", "sc09")
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    which = argparse.ArgumentParser(add_help=False)
+    which.add_argument("--metrics", choices=METRICS, default="nll")
+    if which.parse_known_args(argv)[0].metrics == "sc09":
+        return sc09_eval.main([x for i, x in enumerate(argv) if not _is_metrics_flag(argv, i)])
     a = parse_args(argv)
     try:
         model, job, quant, _, step = load_checkpoint(a.checkpoint)  # a classifier checkpoint: WrongTaskError
@@ -188,6 +201,12 @@ def main(argv=None) -> int:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
     return 0
+
+
+def _is_metrics_flag(argv: list[str], i: int) -> bool:
+    """argv[i] is `--metrics`, its value, or `--metrics=VALUE`."""
+    x = argv[i]
+    return x == "--metrics" or x.startswith("--metrics=") or (i > 0 and argv[i - 1] == "--metrics")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import yaml
 
 from sashimi.optim import make_optimizer
 
-from ..checkpoint import CheckpointManager, TrainState
+from ..checkpoint import CheckpointManager, TrainState, load_checkpoint
 from ..dist import max_over_ranks, sum_over_ranks
 from ..logs import log
 from ..rundir import RunDir
@@ -332,7 +332,8 @@ class Trainer:
             with self._outside_training_rng():
                 self.task.after_evaluation(EvalContext(
                     job=self.job, model=self.raw_model, step=self.step, metrics=res, board=self.board,
-                    device=self.device, autocast=self.autocast, sample_rate=self.data.sample_rate))
+                    device=self.device, autocast=self.autocast, sample_rate=self.data.sample_rate,
+                    load_checkpoint=load_checkpoint))
         if self.sched.observe(metrics[self.task.plateau_key]):
             self._log0(f"{self.task.plateau_key} plateaued: lr scale now {self.sched.plateau_scale:g}")
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sashimi.augment import AugmentConfig, augment, time_shift
+from sashimi.augment import AugmentConfig, augment, augment_each, time_shift
 
 
 def test_time_shift_moves_and_zero_fills():
@@ -46,3 +46,18 @@ def test_config_errors():
         AugmentConfig(gain_db_min=3, gain_db_max=0)
     with pytest.raises(ValueError, match="noise_prob"):
         AugmentConfig(noise_prob=2)
+
+
+def test_augment_each_draws_every_row_from_its_own_seed():
+    """Row i is what `augment` makes of it alone with a generator seeded seeds[i]: the same whatever batch it
+    is in, so an example's augmentation does not depend on how the trainer split the global batch."""
+    x = torch.rand(5, 1600) - 0.5
+    seeds = torch.tensor([3, 1, 4, 1, 5])
+    y = augment_each(x, seeds, sample_rate=1600)
+    for i, s in enumerate(seeds.tolist()):
+        alone = augment(x[i:i + 1], torch.Generator().manual_seed(s), sample_rate=1600)
+        assert torch.equal(y[i:i + 1], alone)
+    assert torch.equal(augment_each(x[2:4], seeds[2:4], sample_rate=1600), y[2:4])
+    assert not torch.equal(y[1], y[3])  # same seed, other clip
+    with pytest.raises(ValueError, match="3 seeds for 5 waveforms"):
+        augment_each(x, [1, 2, 3])

@@ -89,3 +89,43 @@ def test_conv_classifier_learns_synthesised_digits():
     _, probs = classify_clips(model, x_test)
     accuracy = float((probs.argmax(1) == y_test.numpy()).mean())
     assert accuracy >= 0.8, accuracy  # chance is 0.1; this run reaches 1.0 (0.68 with two conv stages)
+
+
+CHANGED = {"n_labels": 5, "sample_rate": 8000, "n_mels": 16, "n_fft": 1024, "hop": 256, "top_db": 60.0,
+           "channels": (8, 16), "d_model": 12, "n_layers": 2, "d_state": 4, "kernel": "dplr", "stem": 8,
+           "pool": (2,), "dropout": 0.3}
+
+
+def test_every_field_is_classified():
+    import dataclasses
+
+    assert set(CHANGED) | {"arch"} == {f.name for f in dataclasses.fields(DigitClassifierConfig)}
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_only_weight_keys_change_what_loaded_weights_compute(arch):
+    """A checkpoint may be resumed under another value of a key outside weight_keys(): the same weights load
+    and compute the same logits. Every weight key changes the weights' shapes or what they compute, except
+    sample_rate: the mel filterbank is a buffer loaded with the weights and the S4D kernels take any length,
+    so the same weights compute the same logits, but it is kept as the rate the weights were trained to hear
+    (the data's rate is checked against it)."""
+    base = DigitClassifierConfig.from_dict(SMALL[arch])
+    keys = base.weight_keys()
+    assert "arch" in keys and "dropout" not in keys
+    x = 0.3 * torch.randn(2, base.sample_rate, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    a = DigitClassifier(base).eval()
+    with torch.no_grad():
+        want = a(x)
+    for key, value in CHANGED.items():
+        b = DigitClassifier(DigitClassifierConfig(**{**base.to_dict(), key: value})).eval()
+        try:
+            b.load_state_dict(a.state_dict())
+            with torch.no_grad():
+                same = torch.allclose(b(x), want, atol=1e-5)
+        except RuntimeError:  # missing, unexpected or differently shaped tensors
+            same = False
+        if key in keys and key != "sample_rate":
+            assert not same, key
+        elif key not in keys:
+            assert same, key

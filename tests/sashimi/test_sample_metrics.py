@@ -197,3 +197,15 @@ def test_all_metrics_of_a_set_against_itself():
     assert m["am"] == pytest.approx(-(p[0] * np.log(p[0])).sum(), rel=1e-12)
     seconds = {}
     assert sm.all_metrics(x, p, x, p, seconds=seconds) == m and set(seconds) == set(m)
+
+
+def test_all_metrics_computes_only_the_names_asked_for():
+    x, labels = _clusters(per=20, k=50)
+    p = np.eye(50)[labels] * 0.9 + 0.1 / 50
+    seconds = {}
+    some = sm.all_metrics(x, p, x[::2], p[::2], seconds=seconds, names=("am", "fid"))
+    assert list(some) == ["am", "fid"] and set(seconds) == {"am", "fid"}
+    whole = sm.all_metrics(x, p, x[::2], p[::2])
+    assert some == {k: whole[k] for k in ("am", "fid")} and tuple(whole) == sm.METRICS
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['fad'\]"):
+        sm.all_metrics(x, p, x, p, names=("fad",))
