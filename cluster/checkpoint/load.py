@@ -17,6 +17,14 @@ from .format import CheckpointError, WrongTaskError, job_of
 from .store import state_file, validate_checkpoint
 
 CLASSIFY_HINT = "score it with `python -m cluster.tools.mnist_demo classify-eval CHECKPOINT --data SHARDS`"
+# What a checkpoint of each task holds and which tool takes it: the hint a refusal gives
+TASK_HINTS = {
+    "generate": "it holds an autoregressive SaShiMi (sample it with `sashimi-generate CHECKPOINT --seconds S`, "
+                "score its NLL with `sashimi-eval`)",
+    "classify": CLASSIFY_HINT,
+    "diffusion": "it holds a DiffWave+SaShiMi noise predictor, which has no likelihood to score or step mode to "
+                 "sample from (sample it with `sashimi-generate CHECKPOINT --samples N --out DIR`)",
+}
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -29,13 +37,14 @@ class LoadedCheckpoint(NamedTuple):
 
 def load_checkpoint(path: str | os.PathLike, task: str = "generate", map_location="cpu") -> LoadedCheckpoint:
     """The checkpoint at `path` (its directory or state.pt), for a tool that uses `task`'s model
-    (SaShiMi for "generate", S4Classifier for "classify"). Raises CheckpointError naming the file:
-    missing, torn, another format version, the other task, weights that do not fit the stored config."""
+    (SaShiMi for "generate", S4Classifier for "classify", DiffWaveSaShiMi for "diffusion"). Raises
+    CheckpointError naming the file: missing, torn, another format version, another task, weights that do
+    not fit the stored config."""
     file = state_file(path)
     state = validate_checkpoint(path, map_location)
     stored = job_of(state)
     if task_name(stored) != task:
-        hint = CLASSIFY_HINT if task_name(stored) == "classify" else "it holds a SaShiMi generative model"
+        hint = TASK_HINTS.get(task_name(stored), f"task {task_name(stored)!r}")
         raise WrongTaskError(f"{path}: a task {task_name(stored)!r} checkpoint (job {stored.get('name')!r}), "
                              f"not a {task!r} one; {hint}")
     try:
