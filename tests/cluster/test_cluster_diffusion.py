@@ -28,31 +28,21 @@ from cluster.tasks.diffusion import level_steps, sample_clips
 from cluster.tasks.examples import NoisedWaveExamples
 from cluster.tools import evaluate, generate
 from cluster_helpers import (REPO, assert_same_training_state, make_checkpoint, make_demo_shards, take_batches,
-                             write_checkpoint, write_job)
+                             tiny_job, write_checkpoint, write_job)
 from data_prep.schema import Sample, SampleError
 from sashimi import DiffWaveConfig, diffusion
 from sashimi.optim import make_optimizer
 
 TINY = {"d_model": 8, "n_layers": 1, "d_state": 8, "kernel": "s4d", "t_embed_dim": 8, "t_hidden_dim": 16,
         "diffusion_steps": 20}
-CROP = 256
+CROP = 256  # tiny_job's crop
 
 
 def diffusion_job(shards, storage, name: str = "dw", **sections) -> dict:
-    job = {
-        "name": name, "task": "diffusion", "seed": 0,
-        "data": {"shards": str(shards), "crop": CROP, "loader_workers": 0},
-        "model": dict(TINY),
-        "optim": {"lr": 3e-3, "weight_decay": 0.0, "ssm_lr": 1e-3},
-        "schedule": {"kind": "constant"},
-        "training": {"max_steps": 4, "global_batch": 2, "batch_per_worker": 2, "clip_norm": 1.0},
-        "scaling": {"num_workers": 1, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
-        "checkpoint": {"every": 2, "keep": 10, "storage": str(storage)},
-        "failure": {"max_failures": 0},
-        "eval": {"every": 2, "val_batches": 1, "val_batch_size": 2, "generate_samples": 64,
-                 "diffusion": {"noise_levels": 4, "clips": 2, "steps": 3}},
-        "logging": {"every": 1},
-    }
+    """tiny_job as a diffusion job: the tiny DiffWave model, a fixed global batch, a cheap evaluation."""
+    job = tiny_job(shards, storage, name, task="diffusion", model=TINY, optim={"lr": 3e-3},
+                   training={"global_batch": 2},
+                   eval={"diffusion": {"noise_levels": 4, "clips": 2, "steps": 3}})
     for section, values in sections.items():
         job[section] = {**job.get(section, {}), **values} if isinstance(values, dict) else values
     return job
