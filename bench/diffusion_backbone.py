@@ -2,13 +2,14 @@
 
     python bench/diffusion_backbone.py [--length 16000] [--train-steps 3] [--threads 2]
                                        [--clips 16] [--sample-evals 3] [--short-steps 50] [--full-sampling]
+                                       [--sample-backbones small,full]
 
 Training: forward + backward + AdamW at batch 1 (``diffusion.loss``: one random step t per clip),
 samples/s from the fastest of ``--train-steps`` timed steps after one warm-up step, and the child
 process's peak RSS; the baseline is the paper's 8-layer autoregressive SaShiMi, measured the same
 way in the same run. Each measurement runs in a fresh child process (its own peak memory).
 
-Sampling (the small backbone, ``--clips`` clips of ``--length`` samples in one batch): every step
+Sampling (the small backbone, or those ``--sample-backbones`` names; ``--clips`` clips of ``--length`` samples in one batch): every step
 of the sampler is one network evaluation over the whole batch plus a few elementwise ops, so the
 wall time of a schedule is its number of steps times the time of one step. By default the script
 times ``diffusion.sample`` over ``--sample-evals`` steps and extrapolates to T = 200 and to the
@@ -106,6 +107,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sample-evals", type=int, default=3, help="timed network evaluations to extrapolate from")
     ap.add_argument("--short-steps", type=int, default=50, help="the shorter (strided) schedule's steps")
     ap.add_argument("--full-sampling", action="store_true", help="run both schedules whole, no extrapolation")
+    ap.add_argument("--sample-backbones", default="small", help="comma-separated: small, full")
     args = ap.parse_args(argv)
     L = args.length
 
@@ -118,16 +120,21 @@ def main(argv=None) -> None:
         print(f"  {name:50s} {r['params']:>11,} params  {r['samples_per_s']:8.0f} samples/s  "
               f"({r['step_s']:.2f} s/step)  peak RSS {r['peak_rss_gb']:.2f} GB  (build {r['init_s']:.1f} s)")
 
+    for backbone in args.sample_backbones.split(","):
+        _sampling(backbone, {"small": SMALL, "full": FULL}[backbone], L, args)
+
+
+def _sampling(backbone: str, cfg: dict, L: int, args) -> None:
     T = 200
-    print(f"sampling {args.clips} clips x {L} samples in one batch, small backbone, {args.threads} threads:")
+    print(f"sampling {args.clips} clips x {L} samples in one batch, {backbone} backbone, {args.threads} threads:")
     if args.full_sampling:
         for steps in (None, args.short_steps):
-            r = _child(_sample, SMALL, L, args.clips, steps, None, args.threads)
+            r = _child(_sample, cfg, L, args.clips, steps, None, args.threads)
             label = f"T = {T} ancestral" if steps is None else f"{args.short_steps}-step strided"
             print(f"  {label:28s} measured {r['wall_s']:8.1f} s ({r['evals']} evaluations, "
                   f"{r['per_eval_s']:.2f} s each)  peak RSS {r['peak_rss_gb']:.2f} GB  finite: {r['finite']}")
         return
-    r = _child(_sample, SMALL, L, args.clips, None, args.sample_evals, args.threads)
+    r = _child(_sample, cfg, L, args.clips, None, args.sample_evals, args.threads)
     print(f"  measured: diffusion.sample over {r['evals']} steps: {r['wall_s']:.1f} s, {r['per_eval_s']:.2f} s "
           f"per step  peak RSS {r['peak_rss_gb']:.2f} GB  finite: {r['finite']}")
     for label, n in ((f"T = {T} ancestral (default)", T), (f"{args.short_steps}-step strided", args.short_steps)):

@@ -1,7 +1,7 @@
-"""What a person looks at or listens to from a sequence of audio tokens: its spectrogram image and a
-WAV file. (Tokens become a waveform through `sashimi.quantize.dequantize`, with the method the model
-was trained with.) Used by the generate task's TensorBoard clips, the driver's closing WAV and
-`sashimi-generate`."""
+"""What a person looks at or listens to from audio: its spectrogram image (on TensorBoard, or a PNG file)
+and a WAV file. Token models' sequences become a waveform through `sashimi.quantize.dequantize`, with
+the method the model was trained with; the diffusion task's waveforms are written as they are. Used by
+the tasks' TensorBoard clips, the driver's closing WAV and `sashimi-generate`."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ import os
 import soundfile as sf
 import torch
 import torchaudio
+from PIL import Image
 
 from data_prep import storage
 
@@ -28,3 +29,8 @@ def write_wav(path: str | os.PathLike, wave: torch.Tensor, sample_rate: int) -> 
     """A 16-bit PCM WAV of `wave` (1-D, in [-1, 1]) at `path` (a local path or a URI), written atomically."""
     data = wave.detach().cpu().numpy()
     return storage.atomic_write(path, lambda f: sf.write(f, data, sample_rate, format="WAV", subtype="PCM_16"))
+
+
+def write_png(image: torch.Tensor, path: str | os.PathLike) -> None:
+    """(H, W) in [0, 1] -> 8-bit grey PNG at a local `path`."""
+    Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L").save(path)

@@ -124,12 +124,25 @@ class Sc09MetricsConfig:
 
 
 @dataclass(frozen=True)
+class DiffusionEvalConfig:
+    """eval.diffusion (task diffusion only): what an evaluation of a DiffWave+SaShiMi run computes."""
+
+    # every val clip is scored at this many diffusion steps, evenly spread over 0..T-1 (t_k = (2k+1)T/2K):
+    # val/loss is their mean, val/loss_tNNN each one's (the loss by noise level)
+    noise_levels: int = 10
+    clips: int = 4  # clips of eval.generate_samples samples generated and logged (also the sampler's batch)
+    steps: Optional[int] = 20  # their sampling schedule: strided over T (cheap); null = all T (ancestral DDPM)
+    metrics_steps: Optional[int] = None  # the eval.sc09_metrics clips' schedule; null = all T
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     every: int = 500
     val_batches: int = 8
     val_batch_size: int = 1
-    generate_samples: int = 16000  # length of the audio clip logged each evaluation; 0 = none
+    generate_samples: int = 16000  # length of the audio clip(s) logged each evaluation; 0 = none
     sc09_metrics: Optional[Sc09MetricsConfig] = None
+    diffusion: DiffusionEvalConfig = field(default_factory=DiffusionEvalConfig)
 
 
 @dataclass(frozen=True)
@@ -160,7 +173,8 @@ class JobConfig:
     # "diffusion": the non-causal SaShiMi as DiffWave's noise predictor (sashimi.diffwave), its `model:`
     # section a DiffWaveConfig. "classify" with `model.arch` (conv | s4_mel | s4_wave): the digit classifier
     # of the SC09 metrics on 1 s waveforms (sashimi.digit_classifier, a DigitClassifierConfig).
-    task: Literal["generate", "classify"] = "generate"
+    # (diffusion trains on the raw waveform: data.quantization is not used.)
+    task: Literal["generate", "classify", "diffusion"] = "generate"
 
     def global_batch(self, world: int) -> int:
         """Clips per optimiser step at world size `world`."""
@@ -217,6 +231,10 @@ _CHECKS = {
     "eval.val_batch_size": (lambda v: v >= 1, ">= 1"),
     "eval.generate_samples": (lambda v: v >= 0, ">= 0"),
     "eval.sc09_metrics.samples": (lambda v: v >= 10, ">= 10 (at least as many clips as digit classes)"),
+    "eval.diffusion.noise_levels": (lambda v: v >= 1, ">= 1"),
+    "eval.diffusion.clips": (lambda v: v >= 1, ">= 1"),
+    "eval.diffusion.steps": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "eval.diffusion.metrics_steps": (lambda v: v is None or v >= 1, ">= 1 or null"),
     "logging.every": (lambda v: v >= 1, ">= 1"),
     "name": (lambda v: bool(v) and "/" not in v and not v.startswith("."), "a non-empty name without '/'"),
 }
@@ -302,6 +320,8 @@ def job_from_dict(raw: Any, where: str = "<job>") -> JobConfig:
                               scaling=dataclasses.replace(job.scaling, num_workers=_num_workers(job, where)))
     _check_global_batch(job, where)
     _check_task_options(job, where)
+    if job.task == "diffusion":
+        _check_diffusion(job, where)
     if job.scaling.use_gpu is False and job.scaling.resources_per_worker.get("GPU"):
         raise JobConfigError(f"{where}: scaling.resources_per_worker: asks for GPU but scaling.use_gpu is false")
     for k, v in job.scaling.resources_per_worker.items():
@@ -362,9 +382,29 @@ def _check_task_options(job: JobConfig, where: str) -> None:
     if job.training.label_smoothing and job.task != "classify":
         raise JobConfigError(f"{where}: training.label_smoothing: only task classify trains on labels "
                              f"(this job is task {job.task!r})")
-    if job.eval.sc09_metrics is not None and (job.task == "classify" or job.data.quantization == "none"):
+    if job.eval.sc09_metrics is not None and (job.task == "classify" or
+                                              (job.task == "generate" and job.data.quantization == "none")):
         raise JobConfigError(f"{where}: eval.sc09_metrics: scores generated audio clips; task {job.task!r} with "
                              f"data.quantization {job.data.quantization!r} generates none")
+
+
+def _check_diffusion(job: JobConfig, where: str) -> None:
+    """The diffusion backbone runs on whole windows of a multiple of its total pooling (it pads nothing:
+    padding would reach the real samples through the anti-causal kernels), and scores val at most T levels."""
+    pool, T = job.model.total_pool, job.model.diffusion_steps
+    crop = job.data.crop
+    if crop is None or crop % pool:
+        raise JobConfigError(f"{where}: data.crop: task diffusion trains on windows of a fixed length divisible by "
+                             f"the total pooling {pool} (the product of model.pool {list(job.model.pool)}), got "
+                             f"{crop!r}; e.g. data.crop={max(pool, (crop or 16000) // pool * pool)}")
+    n = job.eval.generate_samples
+    if n % pool:
+        raise JobConfigError(f"{where}: eval.generate_samples: the generated clips' length must be divisible by the "
+                             f"total pooling {pool} (product of model.pool), got {n}; "
+                             f"e.g. {max(pool, n // pool * pool)}")
+    if job.eval.diffusion.noise_levels > T:
+        raise JobConfigError(f"{where}: eval.diffusion.noise_levels: at most model.diffusion_steps ({T}), got "
+                             f"{job.eval.diffusion.noise_levels}")
 
 
 def model_config_class(task: str, raw: dict) -> type:

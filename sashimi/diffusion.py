@@ -72,6 +72,14 @@ def _randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
 
+def squared_error(model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                  schedule: Schedule | None = None) -> torch.Tensor:
+    """(ε̂_θ(x_t, t) - ε)² per position, float32 (B, L), for given steps t (B,) and noise ε (B, L):
+    the loss with its randomness supplied (a trainer that draws t and ε from its own seeded streams)."""
+    sched = _schedule(model, schedule)
+    return (model(sched.noise(x0, t, eps), t).float() - eps.float()).pow(2)
+
+
 def per_example_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None,
                      mask: torch.Tensor | None = None, schedule: Schedule | None = None):
     """The ε-prediction MSE of each clip at a random step. x0 (B, L) in [-1, 1]; ``mask`` (B, L),
@@ -81,7 +89,7 @@ def per_example_loss(model, x0: torch.Tensor, generator: torch.Generator | None 
     t = torch.randint(sched.T, (B,), generator=generator,
                       device=generator.device if generator is not None else x0.device).to(x0.device)
     eps = _randn(x0.shape, generator, x0.device)
-    sq = (model(sched.noise(x0, t, eps), t).float() - eps).pow(2)
+    sq = squared_error(model, x0, t, eps, sched)
     if mask is None:
         return sq.mean(-1), t
     m = mask.to(sq.dtype)
@@ -161,4 +169,4 @@ def sample(model: EpsModel, n: int, length: int, steps: int | None = None, eta: 
     return torch.cat(out)
 
 
-__all__ = ["Schedule", "loss", "loss_by_level", "per_example_loss", "sample", "timesteps"]
+__all__ = ["Schedule", "loss", "loss_by_level", "per_example_loss", "sample", "squared_error", "timesteps"]

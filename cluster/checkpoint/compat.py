@@ -19,14 +19,17 @@ class CheckpointMismatchError(ValueError):
 
 
 def _model_of(job: dict) -> tuple[dict, tuple[str, ...]]:
-    """(the model section normalised through the task's model config class, so defaults spelled out or
-    omitted compare equal; its weight keys). A section that does not parse is compared key by key."""
+    """(the model section normalised through its task's config class (SaShiMiConfig, DiffWaveConfig, ...),
+    so defaults spelled out or omitted compare equal; its weight keys). A section that does not parse is
+    compared key by key."""
     raw = dict(job.get("model") or {})
     try:
         config = model_config_class(task_name(job), raw).from_dict(raw)
     except (ValueError, TypeError):
         return raw, tuple(raw)
-    return config.to_dict(), config.weight_keys()
+    d = config.to_dict()
+    # a config class that does not say which keys decide its weights is compared on all of them
+    return d, config.weight_keys() if hasattr(config, "weight_keys") else tuple(d)
 
 
 def config_mismatch(stored_job: dict, job: dict, resume: bool = True) -> list[str]:

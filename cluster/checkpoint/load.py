@@ -18,6 +18,14 @@ from .store import state_file, validate_checkpoint
 
 CLASSIFY_HINT = "score it with `python -m cluster.tools.mnist_demo classify-eval CHECKPOINT --data SHARDS`"
 DIGIT_CLASSIFIER_HINT = "it is a digit classifier: judge samples with `sashimi-eval --metrics sc09 --classifier CHECKPOINT SOURCE`"
+# What a checkpoint of each task holds and which tool takes it: the hint a refusal gives
+TASK_HINTS = {
+    "generate": "it holds an autoregressive SaShiMi (sample it with `sashimi-generate CHECKPOINT --seconds S`, "
+                "score its NLL with `sashimi-eval`)",
+    "classify": CLASSIFY_HINT,
+    "diffusion": "it holds a DiffWave+SaShiMi noise predictor, which has no likelihood to score or step mode to "
+                 "sample from (sample it with `sashimi-generate CHECKPOINT --samples N --out DIR`)",
+}
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -29,18 +37,17 @@ class LoadedCheckpoint(NamedTuple):
 
 
 def load_checkpoint(path: str | os.PathLike, task: str = "generate", map_location="cpu") -> LoadedCheckpoint:
-    """The checkpoint at `path` (its directory or state.pt), for a tool that uses `task`'s model (SaShiMi
-    for "generate"; for "classify" the S4Classifier, or the DigitClassifier of a job with model.arch).
-    Raises CheckpointError naming the file: missing, torn, another format version, the other task,
-    weights that do not fit the stored config."""
+    """The checkpoint at `path` (its directory or state.pt), for a tool that uses `task`'s model
+    (SaShiMi for "generate"; for "classify" the S4Classifier, or the DigitClassifier of a job with
+    model.arch; DiffWaveSaShiMi for "diffusion"). Raises CheckpointError naming the file: missing, torn,
+    another format version, another task, weights that do not fit the stored config."""
     file = state_file(path)
     state = validate_checkpoint(path, map_location)
     stored = job_of(state)
     if task_name(stored) != task:
-        if task_name(stored) == "classify":
-            hint = DIGIT_CLASSIFIER_HINT if "arch" in (stored.get("model") or {}) else CLASSIFY_HINT
-        else:
-            hint = "it holds a SaShiMi generative model"
+        hint = TASK_HINTS.get(task_name(stored), f"task {task_name(stored)!r}")
+        if task_name(stored) == "classify" and "arch" in (stored.get("model") or {}):
+            hint = DIGIT_CLASSIFIER_HINT
         raise WrongTaskError(f"{path}: a task {task_name(stored)!r} checkpoint (job {stored.get('name')!r}), "
                              f"not a {task!r} one; {hint}")
     try:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from ..config import JobConfig
 from .base import DriverContext, EvalContext, FinishContext, Task
 from .classify import ClassifyTask
+from .diffusion import DiffusionTask
 from .generate import GenerateTask
 
-TASKS: dict[str, type[Task]] = {"generate": GenerateTask, "classify": ClassifyTask}
+TASKS: dict[str, type[Task]] = {"generate": GenerateTask, "classify": ClassifyTask, "diffusion": DiffusionTask}
 
 
 def task_of(job: JobConfig) -> Task:

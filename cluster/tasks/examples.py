@@ -1,8 +1,9 @@
 """Decoded samples (data_prep.schema.Sample) as model inputs. What an example is belongs to the task:
 token tasks (generate, classify) crop, min-max scale and quantise audio, or take pixels as they are; the
-digit classifier (classify with model.arch) reads the waveform itself (`WaveExamples`). Every one is called as
-`examples(sample, rng)` by the streams (cluster.train.data) and raises SampleError for a sample it
-cannot use, which the stream's bad-data policy then reports and skips, or stops on."""
+digit classifier (classify with model.arch) reads the waveform itself (`WaveExamples`), and the
+diffusion task takes the waveform as it is, with the example's noise draw (`NoisedWaveExamples`). Every
+one is called as `examples(sample, rng)` by the streams (cluster.train.data) and raises SampleError for a
+sample it cannot use, which the stream's bad-data policy then reports and skips, or stops on."""
 from __future__ import annotations
 
 import random
@@ -15,8 +16,10 @@ from data_prep.schema import Sample, SampleError
 from sashimi.quantize import minmax_scale, quantize, zero_class
 
 
-def tokens_from_sample(sample: Sample, crop: int | None, quantization: str, rng: random.Random):
-    """(tokens int64 (crop,), mask bool (crop,)) from a decoded Sample; random crop inside the valid prefix."""
+def crop_window(sample: Sample, crop: int | None, rng: random.Random) -> tuple[torch.Tensor, int]:
+    """(the cropped piece of the sample's valid prefix, as stored; the crop length): a random window of
+    `crop` samples when the valid prefix is longer, else the whole prefix (shorter than the crop: the
+    caller pads). `crop` None: the whole stored array. One draw from `rng` when a window is chosen."""
     data, length = sample.data, sample.length
     if crop is None:
         crop = data.shape[0]
@@ -24,7 +27,13 @@ def tokens_from_sample(sample: Sample, crop: int | None, quantization: str, rng:
     else:
         start = rng.randrange(0, length - crop + 1) if length >= crop else 0
     n = min(crop, length - start)
-    piece = torch.from_numpy(np.ascontiguousarray(data[start:start + n]))
+    return torch.from_numpy(np.ascontiguousarray(data[start:start + n])), crop
+
+
+def tokens_from_sample(sample: Sample, crop: int | None, quantization: str, rng: random.Random):
+    """(tokens int64 (crop,), mask bool (crop,)) from a decoded Sample; random crop inside the valid prefix."""
+    piece, crop = crop_window(sample, crop, rng)
+    n = piece.shape[0]
     if quantization == "none":
         tok = piece.to(torch.int64)
         pad = 0
@@ -82,3 +91,26 @@ class WaveExamples:
         wave[:n] = torch.from_numpy(np.ascontiguousarray(sample.data[:n], dtype=np.float32))
         return (wave, torch.tensor(rng.getrandbits(63), dtype=torch.int64),
                 torch.tensor(sample.label, dtype=torch.int64))
+
+
+@dataclass(frozen=True)
+class NoisedWaveExamples:
+    """(x0 float32 (crop,), t int64 scalar, ε float32 (crop,)) for task diffusion: the raw waveform as
+    decoded (in [-1, 1], no min-max scaling, no quantisation), zero-padded to the crop as the reference
+    trains, with the example's diffusion step t uniform in [0, steps) and its Gaussian noise ε. Both are
+    drawn from the example's RNG, which the global order seeds from (job seed, stream position): the
+    noise a clip is trained with is then as fixed as its crop, the same for any number of workers and
+    after any restart, and the loss of a batch is a function of the batch."""
+
+    crop: int
+    steps: int  # the schedule's T
+
+    def __call__(self, sample: Sample, rng: random.Random) -> tuple[torch.Tensor, ...]:
+        if sample.kind != "audio":
+            raise SampleError(f"sample {sample.key!r}: task diffusion trains on audio, got {sample.kind!r}")
+        piece, crop = crop_window(sample, self.crop, rng)
+        x0 = torch.zeros(crop, dtype=torch.float32)
+        x0[:piece.shape[0]] = piece.to(torch.float32)
+        t = torch.tensor(rng.randrange(self.steps), dtype=torch.int64)
+        eps = torch.randn(crop, generator=torch.Generator().manual_seed(rng.getrandbits(63)))
+        return x0, t, eps

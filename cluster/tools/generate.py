@@ -1,4 +1,4 @@
-"""``sashimi-generate``: audio from a checkpoint alone.
+"""``sashimi-generate``: audio from a checkpoint alone (a diffusion checkpoint: cluster/tools/generate_diffusion.py).
 
 The checkpoint holds the weights and the job that trained them, so the model, its quantisation
 (mu-law or linear: decoding with the wrong one is loud distortion) and the sample rate come from
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from data_prep import storage
@@ -25,8 +24,11 @@ from data_prep.audio_io import BadAudio, load_mono
 from sashimi.generate import conv_log_probs, generate, should_compile
 from sashimi.quantize import dequantize, minmax_scale, quantize
 
-from ..audio import spectrogram_image, write_wav
+from ..audio import spectrogram_image, write_png, write_wav
 from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint.store import read_job
+from ..config import task_name
+from . import generate_diffusion
 
 SCORE_BATCH = 4  # sequences per conv-mode scoring pass (~1.7x faster per sample than one at a time on CPU)
 
@@ -50,11 +52,6 @@ def prime_tokens(path: str, sample_rate: int, seconds: float, quantization: str)
     return quantize(minmax_scale(torch.from_numpy(audio[:n]).float()), quantization)
 
 
-def write_png(image: torch.Tensor, path: Path) -> None:
-    """(H, W) in [0, 1] -> 8-bit grey PNG."""
-    Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L").save(path)
-
-
 def score(model, seqs: torch.Tensor, start: int) -> list[tuple[float, float]]:
     """Per sequence of (B, L): (sum, mean) bits of seq[start:] given everything before it, in
     convolution mode (independent of the step-mode sampler)."""
@@ -66,7 +63,9 @@ def score(model, seqs: torch.Tensor, start: int) -> list[tuple[float, float]]:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="sashimi-generate", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="checkpoint directory (or its state.pt)")
-    p.add_argument("--seconds", type=float, required=True, help="seconds to generate per sample (after the prime)")
+    p.add_argument("--seconds", type=float,
+                   help="seconds to generate per sample (after the prime); required for autoregressive checkpoints, "
+                        "diffusion ones default to their training crop")
     p.add_argument("--batch", type=int, default=1, help="samples generated together")
     p.add_argument("--prime", help="audio file whose start primes every sample")
     p.add_argument("--prime-seconds", type=float, default=1.0)
@@ -86,9 +85,16 @@ def parse_args(argv):
                         "else all)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    d = p.add_argument_group("diffusion checkpoints (task diffusion)")
+    d.add_argument("--samples", type=int, help="clips to generate, --batch at a time (default: --batch)")
+    d.add_argument("--steps", type=int, help="a shorter sampling schedule: this many of the T diffusion steps, "
+                                             "evenly strided (default: all T, ancestral DDPM)")
+    d.add_argument("--eta", type=float, default=1.0, help="with --steps: 1 = ancestral, 0 = deterministic DDIM")
     a = p.parse_args(argv)
-    if a.seconds <= 0 or a.batch < 1:
+    if (a.seconds is not None and a.seconds <= 0) or a.batch < 1:
         p.error("--seconds must be > 0 and --batch >= 1")
+    if (a.samples is not None and a.samples < 1) or (a.steps is not None and a.steps < 1) or a.eta < 0:
+        p.error("--samples and --steps must be >= 1 and --eta >= 0")
     if not 0 < a.top_p <= 1 or a.temperature < 0:
         p.error("--top-p must be in (0, 1] and --temperature >= 0")
     return a
@@ -151,10 +157,31 @@ def write_samples(model, full: torch.Tensor, logp: torch.Tensor, n_prime: int, q
     return samples
 
 
+def checkpoint_task(path: str) -> str:
+    """The task of the checkpoint at `path`, from its job.json (no weights loaded)."""
+    return task_name(read_job(path))
+
+
+def check_autoregressive_options(a) -> None:
+    """--seconds is required, and the diffusion sampler's options are refused (naming them and the file)."""
+    given = [f"--{k}" for k in ("samples", "steps") if getattr(a, k) is not None] + (["--eta"] if a.eta != 1.0 else [])
+    if given:
+        raise GenerateError(f"{a.checkpoint}: {', '.join(given)}: options of the diffusion sampler, but this is not "
+                            f"a task 'diffusion' checkpoint (an autoregressive SaShiMi samples --seconds of audio, "
+                            f"--batch sequences at a time)")
+    if a.seconds is None:
+        raise GenerateError("--seconds is required for an autoregressive checkpoint")
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     try:
-        model, job, quant, rate, rate_from, step, prime = load_inputs(a)
+        kind = checkpoint_task(a.checkpoint)
+        if kind == "diffusion":
+            return generate_diffusion.main(a)
+        if kind == "generate":
+            check_autoregressive_options(a)
+        model, job, quant, rate, rate_from, step, prime = load_inputs(a)  # another task's: refused, naming the file
     except (GenerateError, CheckpointError) as e:
         print(f"sashimi-generate: {e}", file=sys.stderr)
         return 2

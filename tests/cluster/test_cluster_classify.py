@@ -70,7 +70,7 @@ def test_shipped_classify_job(no_ray):
 
 def test_classify_job_errors_name_file_and_key(tmp_path, no_ray):
     bad = write_job(tmp_path / "bad.yaml", classify_job(tmp_path, tmp_path, task="regress"))
-    with pytest.raises(JobConfigError, match=r"bad\.yaml: task: 'regress' is not one of \['generate', 'classify'\]"):
+    with pytest.raises(JobConfigError, match=r"bad\.yaml: task: 'regress' is not one of \['generate', 'classify', 'diffusion'\]"):
         load_job(bad)
     bad = write_job(tmp_path / "bad2.yaml", classify_job(tmp_path, tmp_path, model={"d_modle": 16}))
     with pytest.raises(JobConfigError, match=r"bad2\.yaml: .*d_modle"):

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from cluster.driver import cli
-from cluster.config import JobConfigError
+from cluster.config import JobConfigError, model_config_class
 from cluster.driver.jobs import apply_overrides, load_job
 from cluster.driver.prepare import prepare, read_manifest, shard_lists
 from sashimi.config import SaShiMiConfig
@@ -20,8 +20,7 @@ from cluster_helpers import REPO, tiny_job, write_job
 @pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "jobs").glob("*.yaml") if p.name != "runtime_env.yaml"))
 def test_shipped_jobs_validate(path):
     job = load_job(REPO / "jobs" / path)
-    model = yaml.safe_load((REPO / "jobs" / path).read_text()).get("model") or {}
-    assert type(job.model) is (DigitClassifierConfig if "arch" in model else SaShiMiConfig)  # the digit classifier
+    assert type(job.model) is model_config_class(job.task, job.model.to_dict())  # the task's model config
     assert job.name == path.removesuffix(".yaml")
 
 

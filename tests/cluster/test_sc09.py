@@ -297,7 +297,13 @@ def test_bad_classifiers_and_sources_are_refused_naming_the_file(classifier, gen
 
 # ---------------------------------------------------------------- during training
 
-def test_generator_job_logs_sample_metrics_at_each_evaluation(classifier, tmp_path):
+# a tiny DiffWave+SaShiMi (task diffusion: its clips come from a 3-step strided schedule)
+TINY_DIFFWAVE = {"d_model": 8, "n_layers": 1, "d_state": 8, "kernel": "s4d", "t_embed_dim": 8, "t_hidden_dim": 16,
+                 "diffusion_steps": 20}
+
+
+@pytest.mark.parametrize("task", ["generate", "diffusion"])
+def test_generator_job_logs_sample_metrics_at_each_evaluation(classifier, tmp_path, task):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from cluster_helpers import tiny_job
@@ -307,9 +313,15 @@ def test_generator_job_logs_sample_metrics_at_each_evaluation(classifier, tmp_pa
 
     make_demo_corpus(src, minutes=0.2, seed=0)
     shard_folder(src, shards, "generic", sample_rate=2000, clip_seconds=1.0, seed=0, progress=False)
-    job = tiny_job(shards, tmp_path / "runs", "gen", training={"max_steps": 2}, data={"crop": 256},
-                   eval={"every": 1, "generate_samples": 0, "sc09_metrics": {"classifier": str(classifier),
-                                                                             "samples": 10}})
+    sc09_metrics = {"classifier": str(classifier), "samples": 10}
+    if task == "generate":
+        job = tiny_job(shards, tmp_path / "runs", "gen", training={"max_steps": 2}, data={"crop": 256},
+                       eval={"every": 1, "generate_samples": 0, "sc09_metrics": sc09_metrics})
+    else:
+        job = tiny_job(shards, tmp_path / "runs", "gen", task="diffusion", model=TINY_DIFFWAVE,
+                       training={"max_steps": 2, "global_batch": 2}, data={"crop": 256},
+                       eval={"every": 1, "generate_samples": 0, "sc09_metrics": sc09_metrics,
+                             "diffusion": {"noise_levels": 2, "clips": 5, "metrics_steps": 3}})
     path = write_job(tmp_path / "gen.yaml", job)
     run_local(load_job(path), str(path))
     acc = EventAccumulator(str(tmp_path / "runs" / "gen" / "tensorboard")).Reload()
@@ -317,6 +329,7 @@ def test_generator_job_logs_sample_metrics_at_each_evaluation(classifier, tmp_pa
         values = [(e.step, e.value) for e in acc.Scalars(tag)]
         assert [s for s, _ in values] == [1, 2] and all(np.isfinite(v) for _, v in values), tag
     assert 1 <= min(v.value for v in acc.Scalars("samples/is")) <= 10  # IS lies between 1 and the class count
+    assert "perf/sc09_generate_s" in acc.Tags()["scalars"]
 
 
 def test_a_generator_job_with_a_wrong_judge_is_refused_before_ray(generator, tmp_path, no_ray):
