@@ -1,6 +1,8 @@
 """The reference rows of the SC09 sample-quality table for one digit classifier, and what scoring costs.
 
-    python bench/sc09_reference_rows.py /tmp/digit-classifiers/conv.pt /tmp/digits-shards [--out rows.json]
+    python bench/sc09_reference_rows.py CLASSIFIER /tmp/digits-shards [--out rows.json]
+
+CLASSIFIER: a checkpoint directory of jobs/sc09-classifier.yaml, or a .pt of bench/sc09_classifier_candidates.py.
 
 Rows (reference set = the train split, as the paper's script): ``train`` scored against itself, ``test``
 (the ceiling a model can reach with this classifier), and two floors to show each metric's range: the test
@@ -26,6 +28,11 @@ from sashimi.digit_classifier import DigitClassifier, classify_clips  # noqa: E4
 
 
 def load(path: str) -> DigitClassifier:
+    """A .pt of the candidates script, or a checkpoint directory of sashimi-train (jobs/sc09-classifier.yaml)."""
+    if Path(path).is_dir():
+        from cluster.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, task="classify").model.eval()
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = DigitClassifier.from_config(ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])
@@ -34,7 +41,8 @@ def load(path: str) -> DigitClassifier:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("classifier", help="a .pt written by bench/sc09_classifier_candidates.py --save-dir")
+    ap.add_argument("classifier", help="a .pt written by bench/sc09_classifier_candidates.py --save-dir, or a sashimi-train "
+                    "checkpoint directory of jobs/sc09-classifier.yaml")
     ap.add_argument("shards", help="the sc09-preset dataset it was trained on")
     ap.add_argument("--score-clips", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)

@@ -62,20 +62,20 @@ class BadSamplePolicy:
                                f"check the shard directory with `sashimi-prep verify`")
 
     def tar_error(self, url: str, exn: BaseException) -> None:
-        msg = str(exn.args[0]) if getattr(exn, "args", None) else str(exn)
-        if self.mode == "stop":
-            raise BadDataError(f"shard {url}: unreadable tar ({type(exn).__name__}: {msg[:300]}); "
-                               f"data.on_bad_sample=stop") from exn
-        self._skip(f"rest of shard {url}: unreadable tar ({type(exn).__name__}: {msg[:200]})")
+        self._unreadable(url, exn, "unreadable tar", "rest of shard {url}: unreadable tar")
 
     def read_error(self, url: str, exn: BaseException) -> None:
         """One sample of shard `url` could not be read (a ranged read past a truncated shard's end, an
         I/O error): the other samples of the shard stay usable."""
+        self._unreadable(url, exn, "unreadable sample", "unreadable sample in shard {url}")
+
+    def _unreadable(self, url: str, exn: BaseException, what: str, skipped: str) -> None:
+        """Stop (data.on_bad_sample=stop) or skip and count, naming the shard, `what` failed and why."""
         msg = str(exn.args[0]) if getattr(exn, "args", None) else str(exn)
         if self.mode == "stop":
-            raise BadDataError(f"shard {url}: unreadable sample ({type(exn).__name__}: {msg[:300]}); "
+            raise BadDataError(f"shard {url}: {what} ({type(exn).__name__}: {msg[:300]}); "
                                f"data.on_bad_sample=stop") from exn
-        self._skip(f"unreadable sample in shard {url} ({type(exn).__name__}: {msg[:200]})")
+        self._skip(f"{skipped.format(url=url)} ({type(exn).__name__}: {msg[:200]})")
 
     def sample_error(self, raw: dict, exn: SampleError) -> None:
         shard = raw.get("__url__", "<unknown shard>")

@@ -31,12 +31,15 @@ from data_prep import storage
 from data_prep.audio_io import downmix
 from data_prep.manifest import ManifestError
 from data_prep.reader import BadDataError
+from sashimi.diffusion import Schedule
 from sashimi.sample_metrics import likelihood_trim
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..checkpoint.store import state_file
+from ..checkpoint.store import read_job, state_file
+from ..config import task_name
 from ..logs import log
 from ..sc09 import ALL_METRICS, Judge, Sc09Error, conform, load_judge, reference_rows, score_clips
+from ..tasks.diffusion import sample_clips
 from ..tasks.generate import generate_clips
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -80,6 +83,9 @@ def parse_args(argv):
     p.add_argument("--samples", type=int, default=2048, help="clips to generate from a checkpoint (default 2048)")
     p.add_argument("--batch", type=int, default=64, help="clips generated together")
     p.add_argument("--seed", type=int, default=0, help="generation seed")
+    p.add_argument("--steps", type=int,
+                   help="diffusion checkpoints: a strided schedule of this many of the T steps (default: all T, "
+                        "ancestral)")
     p.add_argument("--likelihood-trim", type=parse_trim, metavar="LOW,HIGH",
                    help="score only the clips between these quantiles of their log-likelihood (the paper: "
                         "0.4,0.95); off by default")
@@ -94,8 +100,8 @@ def parse_args(argv):
     a = p.parse_args(argv)
     if a.source is None and not a.reference:
         p.error("give a SOURCE to score, --reference, or both")
-    if a.samples < 1 or a.batch < 1:
-        p.error("--samples and --batch must be >= 1")
+    if a.samples < 1 or a.batch < 1 or (a.steps is not None and a.steps < 1):
+        p.error("--samples, --batch and --steps must be >= 1")
     return a
 
 
@@ -138,7 +144,12 @@ def read_folder(folder: str, judge: Judge, progress: bool) -> tuple[np.ndarray, 
 
 
 def generate_from(checkpoint: str, judge: Judge, a) -> tuple[np.ndarray, int, dict, dict | None]:
-    """(clips, their sample rate, what the JSON says about the source, the trim) from a generator checkpoint."""
+    """(clips, their sample rate, what the JSON says about the source, the trim) from a generator checkpoint:
+    an autoregressive SaShiMi, or a DiffWave+SaShiMi (task diffusion: `sample_from_diffusion`)."""
+    if task_name(read_job(checkpoint)) == "diffusion":
+        return sample_from_diffusion(checkpoint, judge, a)
+    if a.steps is not None:
+        raise Sc09Error(f"{checkpoint}: --steps is a diffusion sampling schedule; this is an autoregressive checkpoint")
     loaded = load_checkpoint(checkpoint)  # another task's checkpoint: WrongTaskError naming the file
     if loaded.quantization == "none" or not loaded.sample_rate:
         raise Sc09Error(f"{checkpoint}: a pixel model (quantization {loaded.quantization!r}), not an audio generator")
@@ -157,6 +168,27 @@ def generate_from(checkpoint: str, judge: Judge, a) -> tuple[np.ndarray, int, di
         clips = clips[keep]
         trim = {"low": low, "high": high, "generated": a.samples, "kept": len(keep), "convention": TRIM_CONVENTION}
     return clips, loaded.sample_rate, info, trim
+
+
+def sample_from_diffusion(checkpoint: str, judge: Judge, a) -> tuple[np.ndarray, int, dict, None]:
+    """--samples clips of 1 s from a diffusion checkpoint, --batch per network evaluation, over all T steps
+    (ancestral) or --steps strided ones. No likelihood: --likelihood-trim is refused."""
+    if a.likelihood_trim is not None:
+        raise Sc09Error(f"{checkpoint}: --likelihood-trim needs each clip's log-likelihood, and a diffusion model "
+                        f"gives none (the paper scores its non-autoregressive models on 2,048 clips as they are)")
+    loaded = load_checkpoint(checkpoint, task="diffusion")
+    n_samples = int(round(judge.length * loaded.sample_rate / judge.sample_rate))  # 1 s at its own rate
+    total_pool = loaded.job.model.total_pool
+    length = -(-n_samples // total_pool) * total_pool  # the net runs on multiples of its pooling; cropped after
+    t0 = time.perf_counter()
+    clips = sample_clips(loaded.model.to(a.device), a.samples, length, steps=a.steps, seed=a.seed, batch=a.batch,
+                         schedule=Schedule.of(loaded.job.model), progress=not a.quiet)[:, :n_samples]
+    info = {"kind": "checkpoint", "task": "diffusion", "path": storage.absolute(checkpoint), "job": loaded.job.name,
+            "step": loaded.step, "sample_rate": loaded.sample_rate, "generated": a.samples, "seed": a.seed,
+            "batch": a.batch, "schedule": (f"ancestral, all T = {loaded.job.model.diffusion_steps} steps"
+                                           if a.steps is None else f"strided, {a.steps} steps (eta 1)"),
+            "generate_s": round(time.perf_counter() - t0, 3)}
+    return clips.numpy(), loaded.sample_rate, info, None
 
 
 def score_source(a, judge: Judge) -> dict:

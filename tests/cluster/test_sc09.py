@@ -269,6 +269,38 @@ def test_generator_checkpoint_with_the_likelihood_trim(classifier, generator, tm
     assert sum(t["class_counts"]) == 11
 
 
+def test_diffusion_checkpoint_as_source_samples_its_schedule(classifier, generator, tmp_path):
+    """A DiffWave+SaShiMi checkpoint as SOURCE: --samples clips of 1 s (its rate; the net runs on a multiple of
+    its pooling, cropped after) from --steps strided steps, scored as score_clips scores those very clips."""
+    from cluster.config import job_from_dict as job_of_dict
+    from cluster.tasks.diffusion import sample_clips
+    from cluster_helpers import tiny_job, write_checkpoint
+    from sashimi.diffusion import Schedule
+
+    job = job_of_dict(tiny_job(tmp_path / "no-shards", tmp_path, "dw", task="diffusion", model=TINY_DIFFWAVE,
+                               training={"global_batch": 2}), "<test>")
+    torch.manual_seed(0)
+    net = task_of(job).build_model().eval()
+    with torch.no_grad():  # the head is zero-initialised: give the clips something of the net's own
+        net.head[-1].weight.normal_(0, 0.5)
+    ckpt = write_checkpoint(tmp_path / "dw", job, net, step=5, sample_rate=1000)
+    out = tmp_path / "dw.json"
+    assert _eval(["--classifier", str(classifier), str(ckpt), "--samples", "12", "--batch", "5", "--steps", "2",
+                  "--seed", "3", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["source"]["task"] == "diffusion" and r["source"]["step"] == 5 and r["samples"] == 12
+    assert r["source"]["schedule"] == "strided, 2 steps (eta 1)" and r["trim"] is None
+    # 1 s at 1 kHz = 1000 samples, generated as 1008 (pooling 16) and cropped
+    clips = sample_clips(net, 12, 1008, steps=2, seed=3, batch=5, schedule=Schedule.of(job.model))[:, :1000]
+    judge = sc09.load_judge(str(classifier), ck.load_checkpoint)
+    want = sc09.score_clips(clips, 1000, judge)
+    for k in sample_metrics.METRICS:
+        assert r["scores"][k] == pytest.approx(want[k], rel=1e-6, abs=1e-9), k
+    # no likelihood to trim by; --steps means nothing to an autoregressive checkpoint
+    assert _eval(["--classifier", str(classifier), str(ckpt), "--likelihood-trim", "0.4,0.95"]) == 2
+    assert _eval(["--classifier", str(classifier), str(generator), "--steps", "2"]) == 2
+
+
 def test_bad_classifiers_and_sources_are_refused_naming_the_file(classifier, generator, tones, tmp_path, capsys):
     assert _eval(["--classifier", str(generator), "--reference"]) == 2  # a generator as the judge
     err = capsys.readouterr().err

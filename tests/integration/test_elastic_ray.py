@@ -13,6 +13,7 @@ own node; storage is a shared local path). Issue 21's proofs:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -93,6 +94,37 @@ def _run_in_thread(path: Path):
     return t, result
 
 
+@contextlib.contextmanager
+def _run_on_cluster(cluster_nodes: int, tmp_path: Path, path: Path):
+    """The job at `path` running in a thread on a fresh simulated cluster: yields (cluster, nodes, thread,
+    result); on leaving, waits for the run to finish, shuts Ray and the cluster down and re-raises the
+    run's error."""
+    cluster, nodes = _start(cluster_nodes, tmp_path, sleep_s=0.5)
+    try:
+        t, result = _run_in_thread(path)
+        yield cluster, nodes, t, result
+        t.join(timeout=WAIT_S)
+        assert not t.is_alive(), "the run did not finish"
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+    if "error" in result:
+        raise result["error"]
+
+
+def _lose_node(cluster, node, run_dir: Path, t: threading.Thread) -> float:
+    """Remove `node` at once (no notice) and wait for training at 1 worker past the step it had reached;
+    returns the seconds that took."""
+    reached = _progress(run_dir)["step"]
+    cluster.remove_node(node, allow_graceful=False)
+    t_lost = time.time()
+    _wait("training again at 1 worker", lambda: _progress(run_dir)["world_size"] == 1
+          and _progress(run_dir)["step"] > reached, t)
+    return time.time() - t_lost
+
+
 def _fixed_size_reference(tmp_path: Path, shards: Path, name: str) -> dict:
     """The same job at world size 1 in one process (no Ray): what every elastic run must end equal to."""
     path = _job(tmp_path, shards, name)
@@ -115,9 +147,7 @@ def test_elastic_start_growth_and_reclaim(tmp_path):
     shards = make_demo_shards(tmp_path / "data")
     path = _job(tmp_path, shards, "elastic")
     run_dir = tmp_path / "runs" / "elastic"
-    cluster, nodes = _start(1, tmp_path, sleep_s=0.5)
-    try:
-        t, result = _run_in_thread(path)
+    with _run_on_cluster(1, tmp_path, path) as (cluster, nodes, t, result):
         _wait("training at world size 1", lambda: _progress(run_dir)["step"] >= 1, t)
         assert _progress(run_dir)["world_size"] == 1  # min 1: it did not wait for the second node
         extra = cluster.add_node(**NODE)
@@ -131,21 +161,7 @@ def test_elastic_start_growth_and_reclaim(tmp_path):
         assert ok, why
         _wait("the just-in-time checkpoint", lambda: any(store.step_of_dir(d) % EVERY for d in ck.list_checkpoints(run_dir)), t)
         jit = max(store.step_of_dir(d) for d in ck.list_checkpoints(run_dir) if store.step_of_dir(d) % EVERY)
-        reached = _progress(run_dir)["step"]
-        cluster.remove_node(extra, allow_graceful=False)
-        t_lost = time.time()
-        _wait("training again at 1 worker", lambda: _progress(run_dir)["world_size"] == 1
-              and _progress(run_dir)["step"] > reached, t)
-        shrink_s = time.time() - t_lost
-        t.join(timeout=WAIT_S)
-        assert not t.is_alive(), "the run did not finish"
-    finally:
-        import ray
-
-        ray.shutdown()
-        cluster.shutdown()
-    if "error" in result:
-        raise result["error"]
+        shrink_s = _lose_node(cluster, extra, run_dir, t)
     m = result["info"].metrics
     print(f"elastic: grow 1->2 took {grow_s:.1f} s, reclaim checkpoint at step {jit}, node lost -> training at 1 "
           f"worker in {shrink_s:.1f} s; resizes {m['resizes']}, reclaims {m['reclaims']}, redone {m['steps_redone']}")
@@ -162,31 +178,15 @@ def test_node_lost_without_notice_shrinks_then_grows_back(tmp_path):
     shards = make_demo_shards(tmp_path / "data")
     path = _job(tmp_path, shards, "lost")
     run_dir = tmp_path / "runs" / "lost"
-    cluster, nodes = _start(2, tmp_path, sleep_s=0.5)
-    try:
-        t, result = _run_in_thread(path)
+    with _run_on_cluster(2, tmp_path, path) as (cluster, nodes, t, result):
         _wait("training at 2 workers past a checkpoint",
               lambda: _progress(run_dir) == {"step": _progress(run_dir)["step"], "world_size": 2}
               and _progress(run_dir)["step"] >= EVERY + 3, t)
-        reached = _progress(run_dir)["step"]
-        cluster.remove_node(nodes[1], allow_graceful=False)
-        t_lost = time.time()
-        _wait("training again at 1 worker", lambda: _progress(run_dir)["world_size"] == 1
-              and _progress(run_dir)["step"] > reached, t)
-        shrink_s = time.time() - t_lost
+        shrink_s = _lose_node(cluster, nodes[1], run_dir, t)
         cluster.add_node(**NODE)
         t_added = time.time()
         _wait("the resize back to 2 workers", lambda: _progress(run_dir)["world_size"] == 2, t)
         grow_s = time.time() - t_added
-        t.join(timeout=WAIT_S)
-        assert not t.is_alive(), "the run did not finish"
-    finally:
-        import ray
-
-        ray.shutdown()
-        cluster.shutdown()
-    if "error" in result:
-        raise result["error"]
     m = result["info"].metrics
     print(f"lost: node lost -> training at 1 worker in {shrink_s:.1f} s, node back -> 2 workers in {grow_s:.1f} s; "
           f"resizes {m['resizes']}, redone {m['steps_redone']}")
