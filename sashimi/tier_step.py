@@ -106,12 +106,15 @@ def _inductor_settings(device: torch.device):
     the tiny matrix-vector products (a BLAS call costs more than the product at batch 1). Not on
     CUDA: there max-autotune benchmarks ~19 Triton and cuBLAS choices for every GEMM shape (about 9 s
     each on an H200, so a compilation outlasted bench/gpu.sh's whole budget) and picked cuBLAS at
-    every shape it finished, which is what plain compilation uses."""
+    every shape it finished, which is what plain compilation uses. The autotuner's per-shape reports
+    (tables of timings on stderr, dozens per compilation) are switched off: they are for Inductor's
+    developers, not for someone generating audio."""
     import torch._inductor.config as inductor_config  # noqa: PLC0415
 
     if device.type != "cpu":
         return inductor_config.patch(freezing=True)
-    return inductor_config.patch(freezing=True, max_autotune=True, max_autotune_gemm_backends="CPP,ATEN")
+    return inductor_config.patch(freezing=True, max_autotune=True, max_autotune_gemm_backends="CPP,ATEN",
+                                 max_autotune_report_choices_stats=False, autotune_num_choices_displayed=0)
 
 
 class CompiledTier:
