@@ -11,6 +11,7 @@ one stacked op before the first layer (s4.state_terms), and the input terms afte
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -151,7 +152,9 @@ class CompiledTier:
         return fn(inp, up, ssm, noise)
 
     def _compile(self, args: tuple, device: torch.device):
-        with torch.no_grad(), _inductor_settings(device):
+        with torch.no_grad(), _inductor_settings(device), warnings.catch_warnings():
+            # Inductor's own CPU GEMM template calls the deprecated TypedStorage API (torch 2.11): not ours to fix
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
             if self.cache_dir is None:
                 return torch._inductor.compile(torch.export.export(self.tier, args).module(), list(args))
             signature = self.signature(args[0].shape[0] if self.tier.level == 0 else args[0][0].shape[0],
