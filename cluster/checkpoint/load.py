@@ -14,7 +14,7 @@ from sashimi.kernels import weights_will_be_loaded
 from ..config import JobConfig, JobConfigError, job_from_dict, task_name
 from ..tasks import task_of
 from .format import CheckpointError, WrongTaskError, job_of
-from .store import state_file, validate_checkpoint
+from .store import read_job, state_file, validate_checkpoint
 
 CLASSIFY_HINT = "score it with `python -m cluster.tools.mnist_demo classify-eval CHECKPOINT --data SHARDS`"
 DIGIT_CLASSIFIER_HINT = "it is a digit classifier: judge samples with `sashimi-eval --metrics sc09 --classifier CHECKPOINT SOURCE`"
@@ -26,6 +26,12 @@ TASK_HINTS = {
     "diffusion": "it holds a DiffWave+SaShiMi noise predictor, which has no likelihood to score or step mode to "
                  "sample from (sample it with `sashimi-generate CHECKPOINT --samples N --out DIR`)",
 }
+
+
+def checkpoint_task(path: str | os.PathLike) -> str:
+    """The task of the checkpoint at `path` ("generate", "classify", "diffusion"), from its job.json: no
+    weights loaded. What a tool that takes several kinds reads first to choose its path."""
+    return task_name(read_job(path))
 
 
 class LoadedCheckpoint(NamedTuple):

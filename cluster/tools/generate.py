@@ -26,8 +26,7 @@ from sashimi.quantize import dequantize, minmax_scale, quantize
 
 from ..audio import spectrogram_image, write_png, write_wav
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..checkpoint.store import read_job
-from ..config import task_name
+from ..checkpoint.load import checkpoint_task
 from . import generate_diffusion
 
 SCORE_BATCH = 4  # sequences per conv-mode scoring pass (~1.7x faster per sample than one at a time on CPU)
@@ -155,11 +154,6 @@ def write_samples(model, full: torch.Tensor, logp: torch.Tensor, n_prime: int, q
                         "tokens": f"{stem.name}.tokens.npy", "bits_sum": bits, "bits_mean": mean,
                         "step_bits_sum": -float(logp[i].sum()) / math.log(2)})
     return samples
-
-
-def checkpoint_task(path: str) -> str:
-    """The task of the checkpoint at `path`, from its job.json (no weights loaded)."""
-    return task_name(read_job(path))
 
 
 def check_autoregressive_options(a) -> None:

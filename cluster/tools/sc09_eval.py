@@ -35,8 +35,8 @@ from sashimi.diffusion import Schedule
 from sashimi.sample_metrics import likelihood_trim
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..checkpoint.store import read_job, state_file
-from ..config import task_name
+from ..checkpoint.load import checkpoint_task
+from ..checkpoint.store import state_file
 from ..logs import log
 from ..sc09 import ALL_METRICS, Judge, Sc09Error, conform, load_judge, reference_rows, score_clips
 from ..tasks.diffusion import sample_clips
@@ -146,7 +146,7 @@ def read_folder(folder: str, judge: Judge, progress: bool) -> tuple[np.ndarray, 
 def generate_from(checkpoint: str, judge: Judge, a) -> tuple[np.ndarray, int, dict, dict | None]:
     """(clips, their sample rate, what the JSON says about the source, the trim) from a generator checkpoint:
     an autoregressive SaShiMi, or a DiffWave+SaShiMi (task diffusion: `sample_from_diffusion`)."""
-    if task_name(read_job(checkpoint)) == "diffusion":
+    if checkpoint_task(checkpoint) == "diffusion":
         return sample_from_diffusion(checkpoint, judge, a)
     if a.steps is not None:
         raise Sc09Error(f"{checkpoint}: --steps is a diffusion sampling schedule; this is an autoregressive checkpoint")
