@@ -51,6 +51,14 @@ def sample_clips(model: torch.nn.Module, n: int, length: int, *, steps: int | No
     return clips.clamp(-1, 1).cpu()
 
 
+def sampler_description(T: int, steps: int | None, eta: float = 1.0) -> str:
+    """What a report says about the sampler that made its clips (`sample_clips` with these `steps`, `eta`)."""
+    visited = len(diffusion.timesteps(T, steps))
+    if visited == T:
+        return "ancestral DDPM over all T steps (sigma_t^2 = posterior variance)"
+    return f"strided schedule of {visited} of the {T} steps, DDIM update with eta {eta}"
+
+
 class DiffusionTask(Task):
     name = "diffusion"
     loss_tag, loss_unit = "train/loss", "mse"

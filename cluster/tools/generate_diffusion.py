@@ -21,7 +21,7 @@ from sashimi.diffusion import Schedule, timesteps
 
 from ..audio import spectrogram_image, write_png, write_wav
 from ..checkpoint import load_checkpoint
-from ..tasks.diffusion import sample_clips
+from ..tasks.diffusion import sample_clips, sampler_description
 
 # sashimi-generate options that only mean something for the autoregressive sampler: their default values
 AR_ONLY = {"prime": None, "temperature": 1.0, "top_p": 1.0, "compile": None}
@@ -91,8 +91,7 @@ def main(a) -> int:
         "sample_rate": rate, "sample_rate_from": rate_from, "clips": n, "samples_per_clip": length,
         "batch": a.batch, "seed": seed, "device": a.device, "threads": a.threads,
         "diffusion_steps_T": schedule.T, "steps_visited": visited,
-        "sampler": ("ancestral DDPM over all T steps (sigma_t^2 = posterior variance)" if visited == schedule.T
-                    else f"strided schedule of {visited} of the {schedule.T} steps, DDIM update with eta {a.eta}"),
+        "sampler": sampler_description(schedule.T, a.steps, a.eta),
         "eta": a.eta if visited < schedule.T else 1.0,
         "network_evaluations": evaluations, "generate_seconds": gen_s,
         "seconds_per_network_evaluation": gen_s / evaluations, "real_time_factor": n * length / rate / gen_s,

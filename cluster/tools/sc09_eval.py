@@ -39,7 +39,7 @@ from ..checkpoint.load import checkpoint_task
 from ..checkpoint.store import state_file
 from ..logs import log
 from ..sc09 import ALL_METRICS, Judge, Sc09Error, conform, load_judge, reference_rows, score_clips
-from ..tasks.diffusion import sample_clips
+from ..tasks.diffusion import sample_clips, sampler_description
 from ..tasks.generate import generate_clips
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -185,8 +185,7 @@ def sample_from_diffusion(checkpoint: str, judge: Judge, a) -> tuple[np.ndarray,
                          schedule=Schedule.of(loaded.job.model), progress=not a.quiet)[:, :n_samples]
     info = {"kind": "checkpoint", "task": "diffusion", "path": storage.absolute(checkpoint), "job": loaded.job.name,
             "step": loaded.step, "sample_rate": loaded.sample_rate, "generated": a.samples, "seed": a.seed,
-            "batch": a.batch, "schedule": (f"ancestral, all T = {loaded.job.model.diffusion_steps} steps"
-                                           if a.steps is None else f"strided, {a.steps} steps (eta 1)"),
+            "batch": a.batch, "sampler": sampler_description(loaded.job.model.diffusion_steps, a.steps),
             "generate_s": round(time.perf_counter() - t0, 3)}
     return clips.numpy(), loaded.sample_rate, info, None
 
