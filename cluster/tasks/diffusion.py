@@ -70,8 +70,7 @@ class DiffusionTask(Task):
         self.levels = level_steps(self.schedule.T, job.eval.diffusion.noise_levels)
         # val/loss, then val/loss_tNNN for each level (the trainer logs and checkpoints these)
         self.val_keys = ("val_loss",) + tuple(f"val_loss_t{t:03d}" for t in self.levels)
-        sc09 = job.eval.sc09_metrics
-        self.sample_quality = SampleQuality(sc09) if sc09 is not None else None
+        self.sample_quality = SampleQuality.of(job)
 
     def build_model(self) -> torch.nn.Module:
         return DiffWaveSaShiMi(self.job.model)
@@ -147,10 +146,8 @@ class DiffusionTask(Task):
         ctx.model.eval()
         try:
             if self.sample_quality is not None:
-                t0 = time.perf_counter()
-                scored = self.metric_clips(ctx.model, self.sample_quality.cfg.samples, ctx.step)
-                ctx.board.scalars({"perf/sc09_generate_s": time.perf_counter() - t0}, ctx.step)
-                self.sample_quality.log(ctx, scored, ctx.sample_rate)
+                self.sample_quality.generate_and_log(ctx, lambda k: self.metric_clips(ctx.model, k, ctx.step),
+                                                     ctx.sample_rate)
             if n:
                 self._log_generated(ctx, cfg, n)
         finally:

@@ -34,8 +34,7 @@ class GenerateTask(Task):
 
     def __init__(self, job):
         super().__init__(job)
-        sc09 = job.eval.sc09_metrics
-        self.sample_quality = SampleQuality(sc09) if sc09 is not None else None
+        self.sample_quality = SampleQuality.of(job)
 
     def build_model(self) -> torch.nn.Module:
         return SaShiMi(self.job.model)
@@ -107,13 +106,12 @@ class GenerateTask(Task):
 
     def _log_sample_quality(self, ctx: EvalContext) -> None:
         """eval.sc09_metrics: `samples` clips of 1 s generated in batches (seeded by the step), scored and
-        logged under samples/ (perf/sc09_generate_s: what generating them cost)."""
-        t0 = time.perf_counter()
-        clips, _ = generate_clips(ctx.model, self.sample_quality.cfg.samples, ctx.sample_rate,
-                                  self.job.data.quantization, seed=mix_seed(self.job.seed, ctx.step, 9),
-                                  batch=SC09_BATCH, cache_dir=None)
-        ctx.board.scalars({"perf/sc09_generate_s": time.perf_counter() - t0}, ctx.step)
-        self.sample_quality.log(ctx, clips, ctx.sample_rate)
+        logged under samples/."""
+        self.sample_quality.generate_and_log(
+            ctx, lambda n: generate_clips(ctx.model, n, ctx.sample_rate, self.job.data.quantization,
+                                          seed=mix_seed(self.job.seed, ctx.step, 9), batch=SC09_BATCH,
+                                          cache_dir=None)[0],
+            ctx.sample_rate)
 
     def after_training(self, ctx: DriverContext) -> list[str]:
         """The final val NLL and a WAV sampled from the newest checkpoint (audio jobs)."""
