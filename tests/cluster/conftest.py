@@ -16,3 +16,12 @@ def no_ray(monkeypatch):
 
     monkeypatch.setattr(launch, "connect_ray", boom)
     monkeypatch.setattr(ray, "init", boom)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """The demo corpus as shards (tests/cluster_helpers.make_demo_shards), built once per test module. A
+    module that needs other shards defines its own `shards`, which takes precedence."""
+    from cluster_helpers import make_demo_shards
+
+    return make_demo_shards(tmp_path_factory.mktemp("demo"))

@@ -27,7 +27,7 @@ from cluster.tasks import DriverContext, task_of
 from cluster.tasks.diffusion import level_steps, sample_clips
 from cluster.tasks.examples import NoisedWaveExamples
 from cluster.tools import evaluate, generate
-from cluster_helpers import (REPO, assert_same_training_state, make_checkpoint, make_demo_shards, take_batches,
+from cluster_helpers import (REPO, assert_same_training_state, make_checkpoint, take_batches,
                              tiny_job, write_checkpoint, write_job)
 from data_prep.schema import Sample, SampleError
 from sashimi import DiffWaveConfig, diffusion
@@ -46,11 +46,6 @@ def diffusion_job(shards, storage, name: str = "dw", **sections) -> dict:
     for section, values in sections.items():
         job[section] = {**job.get(section, {}), **values} if isinstance(values, dict) else values
     return job
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_demo_shards(tmp_path_factory.mktemp("demo"))
 
 
 def _checkpoint(run_dir, shards, step: int = 3):

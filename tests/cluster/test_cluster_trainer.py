@@ -28,17 +28,12 @@ from cluster.train.faults import FAULTS_ENV, FaultPlan, NoFaults
 from cluster.train.precision import Precision
 from cluster.train.runtime import Runtime
 from cluster.train.trainer import NonFiniteTrainingError, Trainer, train_rank
-from cluster_helpers import assert_same_training_state, make_demo_shards, spawn_ranks, tiny_job, write_job
+from cluster_helpers import assert_same_training_state, spawn_ranks, tiny_job, write_job
 from data_prep.manifest import load_manifest
 
 STEPS = {"training": {"max_steps": 6}, "checkpoint": {"every": 2, "keep": 10},
          "schedule": {"kind": "plateau", "warmup_steps": 3, "patience": 0},
          "eval": {"every": 2, "val_batches": 1, "val_batch_size": 2, "generate_samples": 0}}
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_demo_shards(tmp_path_factory.mktemp("demo"))
 
 
 def _job(tmp_path, shards, name, overrides=(), **sections):

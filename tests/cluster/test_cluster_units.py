@@ -16,14 +16,9 @@ from cluster.tasks.examples import TokenExamples, tokens_from_sample
 from cluster.train.data import val_batches
 from cluster.train.schedule import LRSchedule
 from cluster.seeds import mix_seed
-from cluster_helpers import make_demo_shards, take_batches
+from cluster_helpers import take_batches
 from data_prep.manifest import shard_paths
 from data_prep.schema import Sample
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_demo_shards(tmp_path_factory.mktemp("demo"))
 
 
 def _take(urls, **kw):

@@ -19,16 +19,11 @@ from cluster.driver.prepare import prepare
 from cluster.train.order import ClipLocator, GlobalOrder, rank_slice
 from cluster.train.runtime import Runtime
 from cluster.train.trainer import train_rank
-from cluster_helpers import assert_same_weights, flat_weights, make_demo_shards, spawn_ranks, tiny_job, write_job
+from cluster_helpers import assert_same_weights, flat_weights, spawn_ranks, tiny_job, write_job
 
 STEPS = {"training": {"max_steps": 4, "global_batch": 4, "batch_per_worker": 1},
          "checkpoint": {"every": 2, "keep": 10},
          "eval": {"every": 2, "val_batches": 1, "val_batch_size": 2, "generate_samples": 0}}
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_demo_shards(tmp_path_factory.mktemp("demo"))
 
 
 def _job(tmp_path, shards, name, overrides=()):

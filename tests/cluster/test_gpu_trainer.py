@@ -8,16 +8,11 @@ import torch
 from cluster import checkpoint as ck
 from cluster.driver.jobs import load_job
 from cluster.driver.local import run_local
-from cluster_helpers import assert_same_training_state, make_demo_shards, tiny_job, write_job
+from cluster_helpers import assert_same_training_state, tiny_job, write_job
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only test: no CUDA device here")
 STEPS = {"training": {"max_steps": 4}, "checkpoint": {"every": 2, "keep": 10},
          "eval": {"every": 2, "val_batches": 1, "val_batch_size": 2, "generate_samples": 64}}
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_demo_shards(tmp_path_factory.mktemp("demo"))
 
 
 def _run(tmp_path, shards, name, overrides=()):

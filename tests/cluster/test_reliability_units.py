@@ -26,17 +26,12 @@ from cluster.train.schedule import LRSchedule
 from cluster.train.trainer import GRAD_NONFINITE, LOSS_NONFINITE, STEP_OK, step_verdict
 from data_prep.atomicio import atomic_write
 from cluster.tasks.examples import TokenExamples
-from cluster_helpers import make_demo_shards, spawn_ranks, take_batches, tiny_job, write_checkpoint, write_job
+from cluster_helpers import spawn_ranks, take_batches, tiny_job, write_checkpoint, write_job
 from data_prep.manifest import shard_paths
 from data_prep.schema import SampleError, decode_sample
 
 
 # ---------------------------------------------------------------- helpers
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_demo_shards(tmp_path_factory.mktemp("demo"))
-
 
 X_JOB = job_from_dict({"name": "x", "data": {"shards": "/nonexistent"}, "model": {"d_model": 8},
                        "checkpoint": {"keep": 100}}, "<test>")
