@@ -62,11 +62,14 @@ class Payload(TypedDict):
     nonfinite_steps: int  # optimiser steps skipped for NaN/Inf so far
     grad_scaler: dict  # fp16 runs: GradScaler.state_dict() (loss scale, growth counter); {} otherwise or absent
     counters: dict  # resizes, reclaims, steps redone so far (cluster.checkpoint.manager.TrainState); may be absent
+    unregistered: list  # names of this run's checkpoint dirs the runtime's registry never recorded (their
+    #                     attempt died first), which the manager prunes itself; may be absent
 
 
 def make_payload(*, model_state: dict, optimizer_state: dict, scheduler_state: dict, step: int, data_seed: int,
                  world_size: int, job: dict, rng: dict, sample_rate: int | None, metrics: dict | None = None,
-                 nonfinite_steps: int = 0, grad_scaler: dict | None = None, counters: dict | None = None) -> Payload:
+                 nonfinite_steps: int = 0, grad_scaler: dict | None = None, counters: dict | None = None,
+                 unregistered: list[str] | None = None) -> Payload:
     """The checkpoint payload. `job` is stored as JSON so later generation/evaluation rebuild the exact
     model and quantisation the run used, whatever the YAML says by then."""
     return Payload(
@@ -83,6 +86,7 @@ def make_payload(*, model_state: dict, optimizer_state: dict, scheduler_state: d
         nonfinite_steps=int(nonfinite_steps),
         grad_scaler=dict(grad_scaler or {}),
         counters={k: int(v) for k, v in (counters or {}).items()},
+        unregistered=[str(n) for n in (unregistered or [])],
     )
 
 

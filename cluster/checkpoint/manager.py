@@ -26,7 +26,8 @@ from ..seeds import mix_seed, seed_all
 from .compat import CheckpointMismatchError, mismatch_message
 from .format import CheckpointError, NonFiniteCheckpointError, Payload, job_of, make_payload, nonfinite_entries
 from .rng import capture_rng, restore_rng
-from .store import checkpoint_dir_name, name_of, prune, resolve_resume, save_checkpoint_dir, validate_checkpoint
+from .store import checkpoint_dir_name, list_checkpoints, name_of, prune, resolve_resume, save_checkpoint_dir, \
+    step_of_dir, validate_checkpoint
 
 RNG_STREAM = 17  # mix_seed tag of the per-rank RNG stream after a fresh start
 
@@ -54,9 +55,12 @@ class CheckpointManager:
     `report(metrics, checkpoint_dir)` is the runtime's report, called by every rank at every save (a
     barrier under Ray), with the checkpoint written on rank 0 and None on the others. `registry` names a
     runtime that keeps the run's checkpoints itself (Ray: it copies the reported directory into the run
-    dir, registers it and keeps checkpoint.keep of them); with None the manager writes straight into the
-    run dir and prunes it. `optimizer`, `schedule` and `precision` may be None for a weights-only
-    checkpoint (a test fixture, a benchmark)."""
+    dir, registers it and keeps checkpoint.keep of those it registered); with None the manager writes
+    straight into the run dir and prunes it. Under a registry the manager still prunes the checkpoints
+    the registry never registered (an attempt that dies between writing a checkpoint and its
+    registration leaves it behind, and the registry never deletes what it does not know), and carries
+    their names in each checkpoint so that a later attempt finishes the job. `optimizer`, `schedule`
+    and `precision` may be None for a weights-only checkpoint (a test fixture, a benchmark)."""
 
     def __init__(self, job: JobConfig, run_dir: str, *, model: torch.nn.Module, state: TrainState,
                  optimizer=None, schedule=None, precision=None, sample_rate: int | None = None, rank: int = 0,
@@ -71,6 +75,7 @@ class CheckpointManager:
         self.skipped_invalid = 0  # invalid checkpoints passed over when resuming
         self.resumed_from = -1  # the step loaded, -1 for a fresh start
         self.resumed_world: int | None = None  # the world size the loaded checkpoint was written at
+        self.unregistered: list[str] = []  # rank 0 under a registry: run-dir checkpoints it never registered
 
     def due(self, step: int | None = None) -> bool:
         """Whether `step` (default: the current one) is a checkpoint step."""
@@ -119,7 +124,28 @@ class CheckpointManager:
             return None, (None, suffix, len(problems), ("mismatch", refusal))
         log.info(f"resumed from checkpoint at step {payload['step']}" + (
             f" ({name_of(used)}, after skipping {len(problems)} invalid checkpoint(s))" if problems else ""))
+        if own and self.registry is not None:
+            self._adopt_unregistered(offered, payload)
         return payload, (str(used), suffix, len(problems), None)
+
+    def _adopt_unregistered(self, offered: str | None, payload: Payload) -> None:
+        """Rank 0, resuming under a registry: which of the run dir's checkpoints the registry never
+        registered. It registers in step order and offers the newest it registered, so those are the
+        ones past `offered` (all of them when it offers none; torn ones too), plus those an earlier
+        attempt already knew of (kept in the checkpoint resumed from)."""
+        since = step_of_dir(offered) if offered is not None else -1
+        if since is None:  # not one of this run's checkpoint names: nothing can be told apart
+            return
+        inherited = set(payload.get("unregistered", []))
+        offered_name = name_of(offered) if offered is not None else None
+        for name in (name_of(d) for d in list_checkpoints(self.run_dir)):
+            step = step_of_dir(name)
+            if name in inherited or step > since or (step == since and name != offered_name):
+                self.unregistered.append(name)
+        if self.unregistered:
+            log.info(f"{len(self.unregistered)} checkpoint(s) in {self.run_dir} that {self.registry} never "
+                     f"registered ({', '.join(self.unregistered)}): pruned here once checkpoint.keep "
+                     f"({self.keep}) no longer covers them")
 
     def _restore(self, payload: Payload) -> None:
         self.model.load_state_dict(payload["model"])
@@ -167,7 +193,19 @@ class CheckpointManager:
         with tempfile.TemporaryDirectory(prefix="sashimi-ckpt-") as tmp:
             written = self._write(tmp, rng_per_rank)
             self.report(metrics, written)  # the registry copies it into the run dir before this returns
+        self._prune_unregistered()
         return storage.join(self.run_dir, name_of(written))
+
+    def _prune_unregistered(self) -> None:
+        """Delete the unregistered checkpoints that the newest checkpoint.keep of the run dir no longer
+        include (the registry deletes only what it registered; this never touches those)."""
+        if not self.unregistered:
+            return
+        covered = {name_of(d) for d in list_checkpoints(self.run_dir)[-self.keep:]}
+        for name in [n for n in self.unregistered if n not in covered]:
+            storage.remove(storage.join(self.run_dir, name), recursive=True)
+            log.info(f"deleted checkpoint {name} ({self.registry} never registered it; checkpoint.keep is {self.keep})")
+        self.unregistered = [n for n in self.unregistered if n in covered]
 
     def _write(self, directory: str, rng_per_rank: list) -> str:
         rng = capture_rng()
@@ -179,5 +217,5 @@ class CheckpointManager:
             step=self.state.step, data_seed=self.job.seed, world_size=self.world, job=self.job.to_dict(), rng=rng,
             sample_rate=self.sample_rate, metrics=self.state.metrics, nonfinite_steps=self.state.nonfinite_steps,
             grad_scaler=self.precision.scaler_state() if self.precision is not None else {},
-            counters=self.state.counters())
+            counters=self.state.counters(), unregistered=self.unregistered)
         return save_checkpoint_dir(storage.join(directory, checkpoint_dir_name(self.state.step, self.suffix)), payload)

@@ -135,7 +135,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
 
 def prune(run_dir: str | os.PathLike, keep: int) -> list[str]:
     """Delete all but the newest `keep` checkpoint directories of a run; returns the deleted ones.
-    (Under Ray, Ray keeps `keep` itself: this serves runs without Ray.)"""
+    (Under Ray, Ray prunes what it registered and the manager the rest: see CheckpointManager.)"""
     old = list_checkpoints(run_dir)[:-keep]
     for d in old:
         storage.remove(d, recursive=True)

@@ -134,6 +134,64 @@ def test_suffixed_checkpoint_after_fallback_sorts_after_torn_one(tmp_path):
     assert store.step_of_dir(run / "tensorboard") is None
 
 
+class RayLikeRegistry:
+    """What Ray Train's checkpoint manager does with reported checkpoints, in one process: it copies each
+    into the run dir, registers it (unless the attempt "dies" between the copy and the registration),
+    keeps the `keep` newest it registered and deletes the rest; it offers the newest registered."""
+
+    def __init__(self, run: Path, keep: int):
+        self.run, self.keep, self.registered, self.dying = run, keep, [], False
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is None:
+            return
+        copied = store.copy_checkpoint_dir(checkpoint_dir, self.run)
+        if self.dying:
+            return
+        self.registered.append(copied)
+        for old in self.registered[:-self.keep]:
+            shutil.rmtree(old)
+        self.registered = self.registered[-self.keep:]
+
+    def offered(self) -> str | None:
+        return self.registered[-1] if self.registered else None
+
+
+def test_checkpoints_the_registry_never_registered_are_pruned_across_attempts(tmp_path, cluster_log):
+    """A node lost while checkpoints 4 and 6 were copied but not yet registered (the S3 node-loss test
+    found them left in the bucket); the next attempt resumes from 6 and dies after 8; the third must
+    still prune 4 and 6 (their names travel in checkpoint 8), and never delete what the registry holds."""
+    run, keep = tmp_path / "run", 3
+    job = dataclasses.replace(X_JOB, checkpoint=dataclasses.replace(X_JOB.checkpoint, keep=keep))
+    registry = RayLikeRegistry(run, keep)
+
+    def attempt(offered, steps, dying_after=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        manager = ck.CheckpointManager(job, str(run), model=model, state=ck.TrainState(), sample_rate=16000,
+                                       report=registry.report, registry="Ray")
+        manager.load(offered)
+        for step in steps:
+            manager.state.step = step
+            registry.dying = dying_after is not None and step > dying_after
+            manager.save()
+            assert all(os.path.isdir(d) for d in registry.registered)  # nothing the registry holds was deleted
+        return manager
+
+    def kept():
+        return [store.step_of_dir(d) for d in ck.list_checkpoints(run)]
+
+    attempt(None, (2, 4, 6), dying_after=2)
+    assert kept() == [2, 4, 6] and [store.step_of_dir(d) for d in registry.registered] == [2]
+    second = attempt(registry.offered(), (8,))
+    assert second.resumed_from == 6 and second.unregistered == [store.checkpoint_dir_name(s) for s in (4, 6)]
+    assert kept() == [2, 4, 6, 8]  # 4 and 6 are still among the newest 3 of the run dir
+    third = attempt(registry.offered(), (10, 12))
+    assert third.resumed_from == 8 and third.unregistered == []
+    assert kept() == [8, 10, 12], kept()  # checkpoint.keep, whoever registered what
+    assert any("never registered" in line for line in cluster_log)
+
+
 def test_atomic_save_leaves_old_file_intact_on_crash(tmp_path, monkeypatch):
     d = _save(tmp_path, 2)
     before = (d / fmt.STATE_FILE).read_bytes()

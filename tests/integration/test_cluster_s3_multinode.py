@@ -79,8 +79,9 @@ def test_node_loss_with_only_a_bucket_shared(tmp_path, s3_bucket):
     a, b = ck.validate_checkpoint(info.checkpoint_dir), ck.validate_checkpoint(ref.checkpoint_dir)
     assert a["data"]["world_size"] == b["data"]["world_size"] == 2
     assert_same_training_state(a, b)  # the interrupted run ends exactly where the uninterrupted one does
-    # checkpoint.keep (3) applied in the bucket; Ray also keeps the checkpoint the restarted attempt began from
+    # checkpoint.keep (3) applied in the bucket: Ray prunes what it registered, the checkpoint manager
+    # what the lost node wrote but Ray never registered (one or two of them, depending on when it died)
     kept = [store.step_of_dir(d) for d in ck.list_checkpoints(f"{runs}/lossy")]
-    assert kept[-3:] == [MAX_STEPS - 4, MAX_STEPS - 2, MAX_STEPS] and len(kept) <= 4, kept
+    assert kept == [MAX_STEPS - 4, MAX_STEPS - 2, MAX_STEPS], kept
     assert storage.listdir(f"{runs}/lossy/tensorboard")  # events in the bucket
     assert not (tmp_path / "runs").exists()  # nothing of the run on a local path
