@@ -201,11 +201,10 @@ class CheckpointManager:
         include (the registry deletes only what it registered; this never touches those)."""
         if not self.unregistered:
             return
-        covered = {name_of(d) for d in list_checkpoints(self.run_dir)[-self.keep:]}
-        for name in [n for n in self.unregistered if n not in covered]:
-            storage.remove(storage.join(self.run_dir, name), recursive=True)
+        deleted = {name_of(d) for d in prune(self.run_dir, self.keep, among=self.unregistered)}
+        for name in sorted(deleted):
             log.info(f"deleted checkpoint {name} ({self.registry} never registered it; checkpoint.keep is {self.keep})")
-        self.unregistered = [n for n in self.unregistered if n in covered]
+        self.unregistered = [n for n in self.unregistered if n not in deleted]
 
     def _write(self, directory: str, rng_per_rank: list) -> str:
         rng = capture_rng()

@@ -14,6 +14,7 @@ import os
 import posixpath
 import re
 import shutil
+from collections.abc import Collection
 
 import torch
 
@@ -133,10 +134,11 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
     return found[-1] if found else None
 
 
-def prune(run_dir: str | os.PathLike, keep: int) -> list[str]:
-    """Delete all but the newest `keep` checkpoint directories of a run; returns the deleted ones.
-    (Under Ray, Ray prunes what it registered and the manager the rest: see CheckpointManager.)"""
-    old = list_checkpoints(run_dir)[:-keep]
+def prune(run_dir: str | os.PathLike, keep: int, among: Collection[str] | None = None) -> list[str]:
+    """Delete all but the newest `keep` checkpoint directories of a run (of those, only the ones whose
+    names are in `among`, when given); returns the deleted ones. (Under Ray, Ray prunes what it
+    registered and the manager, with `among`, the rest: see CheckpointManager.)"""
+    old = [d for d in list_checkpoints(run_dir)[:-keep] if among is None or name_of(d) in among]
     for d in old:
         storage.remove(d, recursive=True)
     return old
